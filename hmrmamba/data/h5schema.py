@@ -1,0 +1,256 @@
+"""The project's HDF5 schema for one dataset split, with atomic writing and validated reading.
+
+Layout of ``<split>.h5`` (``attrs["schema_version"] == SCHEMA_VERSION``):
+
+- per frame (N rows, group ``frames/``): ``joints3d (N,17,3)`` metres, camera frame;
+  ``joints2d (N,17,2)`` pixels; ``smpl_pose (N,72)`` axis-angle; ``smpl_betas (N,10)``;
+  ``smpl_trans (N,3)``; optional ``valid (N,)`` bool, ``vertices (N,V,3)``, ``image (N,H,W,3) uint8``;
+- per sequence (S rows, group ``sequences/``): ``seq_name`` str, ``seq_start``, ``seq_len``,
+  ``camera (S,4)`` (fx, fy, cx, cy), ``fps``; optional ``subject`` str, ``motion`` str.
+
+Later stages never rewrite a split; they write sibling tables (detections, features) whose rows
+line up with the split's frames (:func:`write_table` / :func:`read_table`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import h5py
+import numpy as np
+
+from hmrmamba.atomic import atomic_path
+from hmrmamba.errors import InputError, MissingFileError
+
+SCHEMA_VERSION = 1
+
+_KIND_NAMES = {"f": "float", "i": "int", "u": "uint8", "b": "bool", "S": "str"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset of the schema: its trailing shape (``None`` = any size) and dtype kind."""
+
+    tail: tuple[int | None, ...]
+    kind: str  # numpy dtype kind: "f" float, "i" integer, "u" unsigned, "b" bool, "S" string
+    required: bool = True
+    finite: bool = False
+
+    def describe(self, rows: str) -> str:
+        dims = [rows] + ["*" if d is None else str(d) for d in self.tail]
+        return f"({','.join(dims)}) {_KIND_NAMES.get(self.kind, self.kind)}"
+
+
+FRAME_FIELDS: dict[str, Field] = {
+    "joints3d": Field((17, 3), "f", finite=True),
+    "joints2d": Field((17, 2), "f", finite=True),
+    "smpl_pose": Field((72,), "f", finite=True),
+    "smpl_betas": Field((10,), "f", finite=True),
+    "smpl_trans": Field((3,), "f", finite=True),
+    "valid": Field((), "b", required=False),
+    "vertices": Field((None, 3), "f", required=False),
+    "image": Field((None, None, 3), "u", required=False),
+}
+
+SEQ_FIELDS: dict[str, Field] = {
+    "seq_name": Field((), "S"),
+    "seq_start": Field((), "i"),
+    "seq_len": Field((), "i"),
+    "camera": Field((4,), "f", finite=True),
+    "fps": Field((), "f", finite=True),
+    "subject": Field((), "S", required=False),
+    "motion": Field((), "S", required=False),
+}
+
+_COMPRESSED = {"image": dict(compression="gzip", compression_opts=1),
+               "vertices": dict(compression="gzip", compression_opts=1)}
+
+
+def _kind_ok(field: Field, dtype: np.dtype) -> bool:
+    if field.kind == "S":
+        return dtype.kind in "SOU"
+    if field.kind == "i":
+        return dtype.kind in "iu"
+    return dtype.kind == field.kind
+
+
+def check_array(name: str, arr: np.ndarray, field: Field, rows: int | None, *, file: str | Path,
+                rows_label: str = "N") -> None:
+    """Raise :class:`InputError` unless ``arr`` has ``rows`` rows, the field's tail shape and dtype."""
+    expected = field.describe(rows_label if rows is None else str(rows))
+    if arr.ndim != 1 + len(field.tail) or any(
+            t is not None and s != t for s, t in zip(arr.shape[1:], field.tail)):
+        raise InputError(f"shape {tuple(arr.shape)}", file=file, field=name, expected=expected)
+    if rows is not None and arr.shape[0] != rows:
+        raise InputError(f"{arr.shape[0]} rows", file=file, field=name, expected=expected)
+    if not _kind_ok(field, arr.dtype):
+        raise InputError(f"dtype {arr.dtype}", file=file, field=name, expected=expected)
+    if field.finite and arr.size and not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)))[0, 0])
+        raise InputError(f"non-finite value (NaN/Inf) at row {bad}", file=file, field=name,
+                         expected="finite numbers")
+
+
+def _require(table: Mapping[str, Field], data: Mapping[str, object], group: str, file) -> None:
+    missing = [k for k, f in table.items() if f.required and k not in data]
+    if missing:
+        raise InputError(f"missing {group} field(s) {missing}", file=file, field=missing[0],
+                         expected=f"all of {[k for k, f in table.items() if f.required]}")
+
+
+def validate_split(frames: Mapping[str, np.ndarray], seqs: Mapping[str, np.ndarray], *,
+                   file: str | Path) -> int:
+    """Check a split's arrays against the schema; return the frame count N."""
+    _require(FRAME_FIELDS, frames, "frame", file)
+    _require(SEQ_FIELDS, seqs, "sequence", file)
+    n = int(np.asarray(frames["joints3d"]).shape[0])
+    s = int(np.asarray(seqs["seq_start"]).shape[0])
+    if n == 0 or s == 0:
+        raise InputError("empty split", file=file, field="joints3d", expected="at least one frame")
+    for name, arr in frames.items():
+        if name in FRAME_FIELDS:
+            check_array(name, np.asarray(arr), FRAME_FIELDS[name], n, file=file)
+    for name, arr in seqs.items():
+        if name in SEQ_FIELDS:
+            check_array(name, np.asarray(arr), SEQ_FIELDS[name], s, file=file, rows_label="S")
+    start, length = np.asarray(seqs["seq_start"]), np.asarray(seqs["seq_len"])
+    if (length <= 0).any() or start[0] != 0 or (start[1:] != start[:-1] + length[:-1]).any() \
+            or start[-1] + length[-1] != n:
+        raise InputError("sequences must tile the frames contiguously", file=file, field="seq_start",
+                         expected=f"seq_start[0]=0, seq_start[i+1]=seq_start[i]+seq_len[i], "
+                                  f"sum(seq_len)={n}")
+    return n
+
+
+def _create(h5: h5py.File, key: str, arr: np.ndarray, compressed: bool) -> None:
+    if arr.dtype.kind in "UO":
+        arr = arr.astype("S")
+    kwargs = {}
+    if compressed and arr.shape[0]:
+        kwargs = dict(chunks=(min(64, arr.shape[0]),) + arr.shape[1:], **_COMPRESSED[key.split("/")[-1]])
+    h5.create_dataset(key, data=arr, **kwargs)
+
+
+def write_split(path: str | Path, frames: Mapping[str, np.ndarray], seqs: Mapping[str, np.ndarray],
+                attrs: Mapping[str, object] | None = None) -> None:
+    """Validate and atomically write one split file."""
+    path = Path(path)
+    validate_split(frames, seqs, file=path)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["schema_version"] = SCHEMA_VERSION
+            for k, v in (attrs or {}).items():
+                h5.attrs[k] = v
+            for name, arr in frames.items():
+                _create(h5, f"frames/{name}", np.asarray(arr), name in _COMPRESSED)
+            for name, arr in seqs.items():
+                _create(h5, f"sequences/{name}", np.asarray(arr), False)
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file read-only, turning missing/corrupt/truncated files into clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError("file not found", file=path,
+                               expected="an HDF5 file made by the pipeline (run `dvc repro` or the "
+                                        "stage that produces it)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot be read as HDF5 ({exc})", file=path,
+                         expected="a complete HDF5 file; it may be truncated or corrupt — re-run "
+                                  "the stage that wrote it") from None
+
+
+def _decode(a: np.ndarray) -> np.ndarray:
+    return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in a])
+
+
+@dataclass
+class Split:
+    """A split loaded into memory: ``frames`` and ``seqs`` dicts of numpy arrays, plus attrs."""
+
+    path: Path
+    frames: dict[str, np.ndarray]
+    seqs: dict[str, np.ndarray]
+    attrs: dict[str, object]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames["joints3d"].shape[0])
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seqs["seq_start"].shape[0])
+
+    def seq_of_frame(self) -> np.ndarray:
+        """(N,) sequence index of every frame."""
+        return np.repeat(np.arange(self.num_seqs), self.seqs["seq_len"])
+
+
+def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bool = False) -> Split:
+    """Read and validate a split. Images and vertices are only read when asked for (they are big)."""
+    path = Path(path)
+    skip = {k for k, want in (("image", with_images), ("vertices", with_vertices)) if not want}
+    with open_h5(path) as h5:
+        version = h5.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputError(f"schema_version {version}", file=path, field="schema_version",
+                             expected=f"{SCHEMA_VERSION} (re-run the `prepare` stage)")
+        for group in ("frames", "sequences"):
+            if group not in h5:
+                raise InputError(f"missing group '{group}'", file=path, field=group,
+                                 expected="a split written by hmrmamba")
+        try:
+            frames = {k: h5["frames"][k][()] for k in h5["frames"] if k not in skip}
+            seqs = {k: h5["sequences"][k][()] for k in h5["sequences"]}
+        except (OSError, KeyError) as exc:
+            raise InputError(f"unreadable dataset ({exc})", file=path,
+                             expected="a complete HDF5 file; it may be truncated — re-run its stage"
+                             ) from None
+        attrs = dict(h5.attrs)
+    for k in ("seq_name", "subject", "motion"):
+        if k in seqs:
+            seqs[k] = _decode(seqs[k])
+    validate_split(frames, seqs, file=path)
+    return Split(path=path, frames=frames, seqs=seqs, attrs=attrs)
+
+
+def write_table(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+    """Atomically write a per-frame sibling table (detections, features) with attrs."""
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["schema_version"] = SCHEMA_VERSION
+            for k, v in attrs.items():
+                h5.attrs[k] = v
+            for name, arr in arrays.items():
+                arr = np.asarray(arr)
+                chunks = (min(1024, arr.shape[0]),) + arr.shape[1:] if arr.ndim and arr.shape[0] else None
+                h5.create_dataset(name, data=arr, chunks=chunks)
+
+
+def read_table(path: str | Path, fields: Mapping[str, Field], *, rows: int | None = None
+               ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Read a sibling table, validating every present field (and the row count when given).
+
+    Required fields that are absent raise :class:`InputError`; optional absent ones are skipped.
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    with open_h5(path) as h5:
+        for name, field in fields.items():
+            if name not in h5:
+                if not field.required:
+                    continue
+                raise InputError("missing dataset", file=path, field=name,
+                                 expected=field.describe("N" if rows is None else str(rows)))
+            try:
+                out[name] = h5[name][()]
+            except OSError as exc:
+                raise InputError(f"unreadable dataset ({exc})", file=path, field=name,
+                                 expected="a complete HDF5 file; re-run its stage") from None
+            check_array(name, out[name], field, rows, file=path)
+        attrs = dict(h5.attrs)
+    return out, attrs

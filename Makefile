@@ -13,6 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export OMP_NUM_THREADS ?= 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install repro test test-all clean-venv
 

@@ -1,0 +1,150 @@
+"""The ``hmrmamba`` console script.
+
+Subcommands:
+  info          versions, devices, whether mamba_ssm is usable, where data and stores live
+  where         where the pipeline's outputs and stores are (printed after `make repro`)
+  params        compose params.yaml from conf/ for a profile
+  convert-smpl  convert a real SMPL .pkl (chumpy inside) into the project's .npz, safely
+  stage         run one pipeline stage (same as `python -m hmrmamba.stages.NAME`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+from pathlib import Path
+
+from hmrmamba import __version__
+from hmrmamba.errors import InputError
+
+STAGES = ("body_model", "prepare", "detect2d", "features")
+
+
+def _root() -> Path | None:
+    from hmrmamba.config import find_project_root
+
+    try:
+        return find_project_root()
+    except InputError:
+        return None
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmrmamba.ssm.backend import mamba_ssm_available
+
+    rows = [("hmrmamba", __version__), ("python", platform.python_version()), ("torch", torch.__version__)]
+    for mod in ("numpy", "h5py", "smplx", "mlflow", "prefect", "dvc"):
+        try:
+            rows.append((mod, importlib.import_module(mod).__version__))
+        except Exception as exc:  # report, do not crash: info is for diagnosing installs
+            rows.append((mod, f"not importable ({exc.__class__.__name__})"))
+    rows.append(("cpu threads", str(torch.get_num_threads())))
+    cuda = torch.cuda.is_available()
+    rows.append(("cuda", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+                 if cuda else "not available"))
+    rows.append(("mamba_ssm", "usable (fused CUDA kernels)" if mamba_ssm_available()
+                 else "not usable (pure PyTorch scan is used)"))
+    root = _root()
+    rows.append(("project root", str(root) if root else "(not inside a checkout)"))
+    if root:
+        from hmrmamba.layout import Layout
+        from hmrmamba.tracking import local_store_uri
+
+        lay = Layout(root)
+        rows += [("body model", _state(lay.body_model)), ("prepared data", _state(lay.prepared("train").parent)),
+                 ("features", _state(lay.features("train").parent)), ("mlflow store", local_store_uri(root)),
+                 ("prefect home", str(root / ".prefect"))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _state(path: Path) -> str:
+    return f"{path} ({'present' if path.exists() else 'not built yet'})"
+
+
+def cmd_where(args: argparse.Namespace) -> int:
+    from hmrmamba.layout import Layout
+    from hmrmamba.tracking import local_store_uri
+
+    root = _root()
+    if root is None:
+        print("not inside an hmrmamba checkout", file=sys.stderr)
+        return 1
+    lay = Layout(root)
+    print(f"data        {root / 'data'}")
+    print(f"metrics     {root / 'metrics'}")
+    print(f"plots       {root / 'plots'}")
+    print(f"mlflow      {local_store_uri(root)}   (UI: mlflow server --host 127.0.0.1 "
+          f"--backend-store-uri {local_store_uri(root)})")
+    print(f"prefect     {root / '.prefect'}   (UI: PREFECT_HOME={root / '.prefect'} prefect server start "
+          f"--host 127.0.0.1)")
+    for stage in STAGES:
+        m = lay.metrics(stage)
+        if m.exists():
+            print(f"{stage:<12}{m}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from hmrmamba.profiles import compose, write_params
+
+    root = _root() or Path.cwd()
+    path = write_params(root, compose(root, args.profile, args.overrides))
+    print(f"wrote {path} (profile {args.profile})")
+    return 0
+
+
+def cmd_convert_smpl(args: argparse.Namespace) -> int:
+    from hmrmamba.body_model import convert_smpl_pickle
+
+    out = Path(args.output) if args.output else Path(args.pkl).with_suffix(".npz")
+    convert_smpl_pickle(args.pkl, out)
+    print(f"wrote {out}; set body_model.source: smpl and body_model.smpl_path: {out} in conf/config.yaml")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from hmrmamba.stages.common import main as stage_main
+
+    module = importlib.import_module(f"hmrmamba.stages.{args.name}")
+    stage_main(module.STAGE, module.run)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmrmamba", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, devices, mamba_ssm, data locations").set_defaults(fn=cmd_info)
+    sub.add_parser("where", help="where outputs and stores are").set_defaults(fn=cmd_where)
+    p = sub.add_parser("params", help="compose params.yaml from conf/ for a profile")
+    p.add_argument("--profile", default="default")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. synthetic.fps=30")
+    p.set_defaults(fn=cmd_params)
+    p = sub.add_parser("convert-smpl", help="convert a real SMPL .pkl to .npz without chumpy")
+    p.add_argument("pkl")
+    p.add_argument("-o", "--output")
+    p.set_defaults(fn=cmd_convert_smpl)
+    p = sub.add_parser("stage", help="run one pipeline stage")
+    p.add_argument("name", choices=STAGES)
+    p.set_defaults(fn=cmd_stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except InputError as exc:
+        print(f"hmrmamba {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

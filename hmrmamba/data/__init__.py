@@ -1,0 +1,1 @@
+"""Datasets: the HDF5 schema, readers, the synthetic maker and the windowing Dataset."""

@@ -1,0 +1,208 @@
+"""The embedded default dataset: procedural motions on the procedural body, rendered to video.
+
+For every sequence: pick a subject (a fixed body shape owned by one split), generate a motion
+clip, pose the body through smplx, place a random camera looking at the person, project the
+H36M-17 joints and render frames with a textured background, optional occluders and motion blur.
+
+Splits are disjoint in subjects (each subject id belongs to one split) and in motions (every clip
+is drawn from its own seeded stream; kinds are shared, clips are not).
+
+Everything is stored in the camera frame: ``smpl_pose``'s global orientation and ``smpl_trans``
+are re-expressed so that ``smplx(pose, betas, trans)`` gives the camera-frame mesh directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hmrmamba.data.cameras import Camera, fit_in_frame, sample_camera
+from hmrmamba.errors import InputError
+from hmrmamba.geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from hmrmamba.seeding import named_rng
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How many sequences and subjects one split has."""
+
+    name: str
+    sequences: int
+    subjects: int
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of the synthetic dataset (the ``synthetic`` section of params.yaml)."""
+
+    splits: tuple[SplitSpec, ...]
+    frames: tuple[int, int] = (48, 96)
+    fps: float = 25.0
+    image_size: int = 128
+    motions: tuple[str, ...] | None = None
+    occluder_prob: float = 0.3
+    blur_prob: float = 0.3
+    distance: tuple[float, float] = (3.5, 6.0)
+    height: tuple[float, float] = (-0.2, 1.2)
+    yaw_deg: tuple[float, float] = (-180.0, 180.0)
+    person_fraction: tuple[float, float] = (0.45, 0.8)
+    betas_scale: float = 1.5
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, p: dict) -> "SyntheticConfig":
+        try:
+            splits = tuple(SplitSpec(name=k, sequences=int(v["sequences"]), subjects=int(v["subjects"]))
+                           for k, v in p["splits"].items())
+            cam = p.get("camera", {})
+            cfg = cls(splits=splits, frames=tuple(p["frames"]), fps=float(p["fps"]),
+                      image_size=int(p["image_size"]),
+                      motions=None if p.get("motions") in (None, "all") else tuple(p["motions"]),
+                      occluder_prob=float(p.get("occluder_prob", 0.3)),
+                      blur_prob=float(p.get("blur_prob", 0.3)),
+                      distance=tuple(cam.get("distance", cls.distance)),
+                      height=tuple(cam.get("height", cls.height)),
+                      yaw_deg=tuple(cam.get("yaw_deg", cls.yaw_deg)),
+                      person_fraction=tuple(cam.get("person_fraction", cls.person_fraction)),
+                      betas_scale=float(p.get("betas_scale", 1.5)), seed=int(p.get("seed", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"bad synthetic parameters ({exc!r})", file="params.yaml", field="synthetic",
+                             expected="splits.{name}.{sequences,subjects}, frames [min,max], fps, "
+                                      "image_size, camera ranges") from None
+        if cfg.frames[0] < 1 or cfg.frames[1] < cfg.frames[0]:
+            raise InputError(f"frames={list(cfg.frames)}", file="params.yaml", field="synthetic.frames",
+                             expected="[min, max] with 1 <= min <= max")
+        if any(s.sequences < 1 or s.subjects < 1 for s in cfg.splits):
+            raise InputError("a split has no sequences or subjects", file="params.yaml",
+                             field="synthetic.splits", expected="sequences >= 1 and subjects >= 1")
+        return cfg
+
+
+def subject_ids(cfg: SyntheticConfig) -> dict[str, list[str]]:
+    """Disjoint subject names per split: S00.. for the first split, continuing for the next."""
+    out, k = {}, 0
+    for spec in cfg.splits:
+        out[spec.name] = [f"S{k + i:02d}" for i in range(spec.subjects)]
+        k += spec.subjects
+    return out
+
+
+def camera_frame_smpl(pose: np.ndarray, trans: np.ndarray, pelvis_rest: np.ndarray, cam: Camera
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-express SMPL global orientation and translation in the camera frame.
+
+    pose: (T,72) world; trans: (T,3) world; pelvis_rest: (3,) rest pelvis joint for the betas.
+    SMPL rotates about the pelvis joint, so ``trans_cam = R (trans + j0) + t - j0``.
+    -> pose_cam (T,72), trans_cam (T,3).
+    """
+    R = torch.as_tensor(cam.R, dtype=torch.float64)
+    go = axis_angle_to_matrix(torch.as_tensor(pose[:, :3], dtype=torch.float64))
+    go_cam = matrix_to_axis_angle(R @ go).numpy()
+    pose_cam = np.concatenate([go_cam, pose[:, 3:]], axis=1)
+    trans_cam = (trans + pelvis_rest) @ cam.R.T + cam.t - pelvis_rest
+    return pose_cam.astype(np.float32), trans_cam.astype(np.float32)
+
+
+class SyntheticMaker:
+    """Builds splits of the synthetic dataset from a body model file."""
+
+    def __init__(self, cfg: SyntheticConfig, body_model_path, *, device: str = "cpu"):
+        from hmrmamba.body_model import load_body_arrays, load_smpl
+        from hmrmamba.render.scene import part_colors
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.smpl = load_smpl(body_model_path).to(self.device)
+        arrays = load_body_arrays(body_model_path)
+        self.faces = torch.as_tensor(arrays["f"].astype(np.int64), device=self.device)
+        self.j_h36m = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32, device=self.device)
+        self.base_colors = part_colors(torch.as_tensor(arrays["weights"], dtype=torch.float32))
+
+    @torch.inference_mode()
+    def _pose(self, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> vertices (T,V,3) and rest pelvis (3,) for one clip."""
+        t = pose.shape[0]
+        f32 = dict(dtype=torch.float32, device=self.device)
+        b = torch.as_tensor(betas, **f32)[None].expand(t, -1)
+        out = self.smpl(global_orient=torch.as_tensor(pose[:, :3], **f32),
+                        body_pose=torch.as_tensor(pose[:, 3:], **f32),
+                        betas=b, transl=torch.as_tensor(trans, **f32))
+        rest = self.smpl(betas=b[:1])
+        return out.vertices, rest.joints[0, 0]
+
+    def sequences(self, split: SplitSpec, subjects: list[str]) -> Iterator[dict]:
+        """Yield one dict per sequence with per-frame arrays and per-sequence fields."""
+        from hmrmamba.data.motion import random_motion, sample_betas
+        from hmrmamba.render.raster import render_mesh
+        from hmrmamba.render.scene import add_occluders, motion_blur, procedural_background
+
+        cfg = self.cfg
+        betas_of = {s: sample_betas(named_rng(cfg.seed, "subject", s), num=10, scale=cfg.betas_scale)
+                    for s in subjects}
+        for i in range(split.sequences):
+            rng = named_rng(cfg.seed, "sequence", split.name, i)
+            subject = subjects[i % len(subjects)]
+            n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+            clip = random_motion(rng, num_frames=n, fps=cfg.fps, kinds=cfg.motions)
+            betas = betas_of[subject].astype(np.float32)
+            verts_w, pelvis_rest = self._pose(clip.pose, betas, clip.trans)
+            joints_w = torch.einsum("jv,tvc->tjc", self.j_h36m, verts_w).numpy()
+            cam = sample_camera(rng, target=joints_w[:, 0].mean(0), image_size=cfg.image_size,
+                                distance=cfg.distance, height=cfg.height, yaw_deg=cfg.yaw_deg,
+                                person_fraction=cfg.person_fraction)
+            cam = fit_in_frame(cam, verts_w[:, ::7].numpy(), cfg.image_size)
+            R = torch.as_tensor(cam.R, dtype=torch.float32)
+            tvec = torch.as_tensor(cam.t, dtype=torch.float32)
+            verts_c = verts_w @ R.T + tvec
+            joints_c = cam.to_camera(joints_w).astype(np.float32)
+            pose_c, trans_c = camera_frame_smpl(clip.pose, clip.trans, pelvis_rest.numpy(), cam)
+            images = self._render(verts_c, cam, rng, render_mesh, procedural_background, add_occluders,
+                                  motion_blur)
+            yield dict(
+                frames=dict(joints3d=joints_c, joints2d=cam.project(joints_c).astype(np.float32),
+                            smpl_pose=pose_c, smpl_betas=np.tile(betas, (n, 1)), smpl_trans=trans_c,
+                            image=images),
+                seq=dict(seq_name=f"{split.name}_{i:04d}_{subject}_{clip.kind}", seq_len=n,
+                         camera=cam.intrinsics.astype(np.float32), fps=cfg.fps, subject=subject,
+                         motion=clip.kind))
+
+    def _render(self, verts_c, cam, rng, render_mesh, procedural_background, add_occluders, motion_blur):
+        cfg = self.cfg
+        n, size = verts_c.shape[0], cfg.image_size
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+        bg = procedural_background(gen, 1, size, size)[0]
+        tint = torch.as_tensor(rng.uniform(0.75, 1.25, size=3), dtype=torch.float32)
+        colors = (self.base_colors * tint).clamp(0, 1)
+        camera = torch.as_tensor(cam.intrinsics, dtype=torch.float32).expand(n, 4)
+        if rng.random() < cfg.blur_prob:
+            out = motion_blur(verts_c, self.faces, camera, image_size=(size, size),
+                              vertex_colors=colors, background=bg)
+        else:
+            out = render_mesh(verts_c, self.faces, camera, image_size=(size, size),
+                              vertex_colors=colors, background=bg.expand(n, -1, -1, -1),
+                              cull_backfaces=True)
+        images = out.image if hasattr(out, "image") else out
+        if rng.random() < cfg.occluder_prob:
+            images = add_occluders(images, gen)
+        return images.numpy()
+
+    def build(self, split: SplitSpec, subjects: list[str], progress: bool = True) -> tuple[dict, dict]:
+        """-> (frames, seqs) arrays of one split in the HDF5 schema."""
+        frames: dict[str, list] = {}
+        seqs: dict[str, list] = {}
+        for item in tqdm(self.sequences(split, subjects), total=split.sequences, disable=not progress,
+                         desc=f"prepare {split.name}", unit="seq"):
+            for k, v in item["frames"].items():
+                frames.setdefault(k, []).append(v)
+            for k, v in item["seq"].items():
+                seqs.setdefault(k, []).append(v)
+        lengths = np.asarray(seqs["seq_len"], dtype=np.int64)
+        out_seqs = {k: np.asarray(v) for k, v in seqs.items()}
+        out_seqs["seq_len"] = lengths
+        out_seqs["seq_start"] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return {k: np.concatenate(v) for k, v in frames.items()}, out_seqs

@@ -1,0 +1,40 @@
+"""Compose ``params.yaml`` from ``conf/`` with Hydra, as DVC does for ``dvc exp run -S``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from hmrmamba.atomic import atomic_path
+from hmrmamba.errors import InputError
+
+HEADER = ("# Generated from conf/ by `hmrmamba params` (profile: {profile}). Edit conf/, then regenerate.\n"
+          "# `dvc exp run -S profile=paper-s` composes the same way.\n")
+
+
+def available_profiles(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "conf/profile").glob("*.yaml"))
+
+
+def compose(root: Path, profile: str = "default", overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose conf/config.yaml with ``profile`` and Hydra-style ``overrides`` into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if profile not in available_profiles(root):
+        raise InputError(f"unknown profile '{profile}'", file=root / "conf/profile", field="profile",
+                         expected=f"one of {available_profiles(root)}")
+    with initialize_config_dir(config_dir=str((root / "conf").resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=[f"profile={profile}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_params(root: Path, params: dict[str, Any]) -> Path:
+    path = root / "params.yaml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(HEADER.format(profile=params.get("profile", "?"))
+                       + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=100))
+    return path

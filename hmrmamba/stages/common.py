@@ -1,0 +1,77 @@
+"""The shared frame of a stage: params, threads, MLflow run, metrics JSON, summary line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hmrmamba.atomic import write_json
+from hmrmamba.config import find_project_root, load_params
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+
+StageFn = Callable[[Mapping[str, Any], Layout], dict]
+
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def apply_offline_env() -> None:
+    """Turn off telemetry of the services the pipeline uses (only where the user has not chosen)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def set_threads(params: Mapping[str, Any]) -> None:
+    import torch
+
+    n = int(params.get("runtime", {}).get("threads", 0) or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None, log_to_mlflow: bool = True) -> dict:
+    """Run ``fn(params, layout)``; write ``metrics/<stage>.json`` and log it all to MLflow."""
+    from hmrmamba import tracking
+
+    apply_offline_env()
+    root = root or find_project_root()
+    params = params if params is not None else load_params(root / "params.yaml")
+    set_threads(params)
+    layout = Layout(root)
+    stage_tags = {"profile": str(params.get("profile", "default")),
+                  "dataset": str(params.get("dataset", {}).get("name", "synthetic")), **(tags or {})}
+    t0 = time.perf_counter()
+    if log_to_mlflow:
+        with tracking.stage_run(stage, root=root, params=params.get(stage, {}) | {"seed": params.get("seed")},
+                                tags=stage_tags, tracking=params.get("tracking")):
+            metrics = fn(params, layout)
+            metrics["seconds"] = round(time.perf_counter() - t0, 2)
+            tracking.log_metrics(metrics)
+    else:
+        metrics = fn(params, layout)
+        metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(layout.metrics(stage), metrics)
+    logging.getLogger("hmrmamba").info("%s done in %.1f s", stage, metrics["seconds"])
+    return metrics
+
+
+def main(stage: str, fn: StageFn) -> None:
+    """Console entry for ``python -m hmrmamba.stages.<stage>``: clear one-line errors on bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = execute(stage, fn)
+    except InputError as exc:
+        print(f"hmrmamba {stage}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = ", ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
+    print(f"[{stage}] {summary}")

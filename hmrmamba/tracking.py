@@ -1,0 +1,123 @@
+"""MLflow tracking for every stage: one experiment per stage, one run per stage execution.
+
+The store defaults to ``sqlite:///<project>/mlflow.db`` with artifacts in ``<project>/mlartifacts``,
+as absolute URIs, so runs launched from DVC experiment temp copies or Prefect workers all land in
+the same store. ``tracking.uri`` in params (or ``MLFLOW_TRACKING_URI``) selects another store, e.g. a
+server started with ``mlflow server --host 127.0.0.1``. An unreachable server is an error unless
+``tracking.fallback_local`` is true, in which case the fallback is announced.
+
+mlflow is imported lazily so that ``import hmrmamba`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from hmrmamba.config import flatten, home_root
+
+log = logging.getLogger(__name__)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The configured MLflow tracking server cannot be reached."""
+
+
+def local_store_uri(root: Path) -> str:
+    return f"sqlite:///{home_root(root) / 'mlflow.db'}"
+
+
+def server_reachable(uri: str, timeout: float = 3.0) -> bool:
+    """True when an http(s) MLflow server answers ``/health`` within ``timeout`` seconds."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def resolve_tracking_uri(root: Path, tracking: Mapping[str, Any] | None = None) -> str:
+    """Pick the tracking URI: params ``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > local sqlite store."""
+    tracking = dict(tracking or {})
+    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri(root)
+    if uri.startswith(("http://", "https://")) and not server_reachable(uri):
+        if tracking.get("fallback_local", False):
+            fallback = local_store_uri(root)
+            log.warning("MLflow server %s unreachable; falling back to the local store %s", uri, fallback)
+            return fallback
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable. Start it with "
+            f"`mlflow server --host 127.0.0.1 --port 5000`, unset tracking.uri to use the local "
+            f"store, or set tracking.fallback_local: true to fall back explicitly.")
+    return uri
+
+
+def git_sha(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _experiment_id(mlflow, name: str, artifact_root: Path) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_root.as_uri() + f"/{name}")
+    except Exception:  # created concurrently by another process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, *, root: Path, params: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+              tracking: Mapping[str, Any] | None = None, run_name: str | None = None,
+              parent_run_id: str | None = None) -> Iterator[Any]:
+    """Open an MLflow run in the experiment named after the stage; log params and standard tags.
+
+    Yields the active ``mlflow.ActiveRun``. Nested runs pass ``parent_run_id`` explicitly (safe
+    across Prefect worker threads).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = resolve_tracking_uri(root, tracking)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _experiment_id(mlflow, stage, home_root(root) / "mlartifacts")
+    all_tags = {"stage": stage, "git_sha": git_sha(root),
+                "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), **(tags or {})}
+    kwargs: dict[str, Any] = dict(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
+    if parent_run_id:
+        kwargs.update(parent_run_id=parent_run_id, nested=True)
+    with mlflow.start_run(**kwargs) as run:
+        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to the active run (non-numbers are skipped)."""
+    import mlflow
+
+    clean = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)

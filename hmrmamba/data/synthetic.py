@@ -51,6 +51,7 @@ class SyntheticConfig:
     yaw_deg: tuple[float, float] = (-180.0, 180.0)
     person_fraction: tuple[float, float] = (0.45, 0.8)
     betas_scale: float = 1.5
+    max_travel: float = 1.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -69,7 +70,8 @@ class SyntheticConfig:
                       height=tuple(cam.get("height", cls.height)),
                       yaw_deg=tuple(cam.get("yaw_deg", cls.yaw_deg)),
                       person_fraction=tuple(cam.get("person_fraction", cls.person_fraction)),
-                      betas_scale=float(p.get("betas_scale", 1.5)), seed=int(p.get("seed", 0)))
+                      betas_scale=float(p.get("betas_scale", 1.5)),
+                      max_travel=float(p.get("max_travel", 1.0)), seed=int(p.get("seed", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad synthetic parameters ({exc!r})", file="params.yaml", field="synthetic",
                              expected="splits.{name}.{sequences,subjects}, frames [min,max], fps, "
@@ -106,6 +108,20 @@ def camera_frame_smpl(pose: np.ndarray, trans: np.ndarray, pelvis_rest: np.ndarr
     pose_cam = np.concatenate([go_cam, pose[:, 3:]], axis=1)
     trans_cam = (trans + pelvis_rest) @ cam.R.T + cam.t - pelvis_rest
     return pose_cam.astype(np.float32), trans_cam.astype(np.float32)
+
+
+def limit_travel(trans: np.ndarray, max_travel: float) -> np.ndarray:
+    """Scale the horizontal (x, z) root path so it stays within ``max_travel`` metres of its mean.
+
+    trans: (T, 3) world metres, y up -> (T, 3). Keeps people inside a static camera's view;
+    vertical motion (jumps, squats) is untouched.
+    """
+    out = np.array(trans, dtype=np.float64, copy=True)
+    centre = out[:, [0, 2]].mean(0)
+    radius = np.linalg.norm(out[:, [0, 2]] - centre, axis=1).max()
+    if radius > max_travel:
+        out[:, [0, 2]] = centre + (out[:, [0, 2]] - centre) * (max_travel / radius)
+    return out.astype(trans.dtype)
 
 
 class SyntheticMaker:
@@ -150,7 +166,8 @@ class SyntheticMaker:
             n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
             clip = random_motion(rng, num_frames=n, fps=cfg.fps, kinds=cfg.motions)
             betas = betas_of[subject].astype(np.float32)
-            verts_w, pelvis_rest = self._pose(clip.pose, betas, clip.trans)
+            trans_w = limit_travel(clip.trans, cfg.max_travel)
+            verts_w, pelvis_rest = self._pose(clip.pose, betas, trans_w)
             joints_w = torch.einsum("jv,tvc->tjc", self.j_h36m, verts_w).numpy()
             cam = sample_camera(rng, target=joints_w[:, 0].mean(0), image_size=cfg.image_size,
                                 distance=cfg.distance, height=cfg.height, yaw_deg=cfg.yaw_deg,
@@ -160,7 +177,7 @@ class SyntheticMaker:
             tvec = torch.as_tensor(cam.t, dtype=torch.float32)
             verts_c = verts_w @ R.T + tvec
             joints_c = cam.to_camera(joints_w).astype(np.float32)
-            pose_c, trans_c = camera_frame_smpl(clip.pose, clip.trans, pelvis_rest.numpy(), cam)
+            pose_c, trans_c = camera_frame_smpl(clip.pose, trans_w, pelvis_rest.numpy(), cam)
             images = self._render(verts_c, cam, rng, render_mesh, procedural_background, add_occluders,
                                   motion_blur)
             yield dict(
@@ -171,24 +188,32 @@ class SyntheticMaker:
                          camera=cam.intrinsics.astype(np.float32), fps=cfg.fps, subject=subject,
                          motion=clip.kind))
 
-    def _render(self, verts_c, cam, rng, render_mesh, procedural_background, add_occluders, motion_blur):
+    def _render(self, verts_c: torch.Tensor, cam: Camera, rng: np.random.Generator, render_mesh,
+                procedural_background, add_occluders, motion_blur) -> np.ndarray:
+        """verts_c: (T,V,3) camera metres -> (T,H,W,3) uint8 frames."""
         cfg = self.cfg
         n, size = verts_c.shape[0], cfg.image_size
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
-        bg = procedural_background(gen, 1, size, size)[0]
+        bg = procedural_background(gen, 1, size, size).expand(n, -1, -1, -1)
         tint = torch.as_tensor(rng.uniform(0.75, 1.25, size=3), dtype=torch.float32)
         colors = (self.base_colors * tint).clamp(0, 1)
         camera = torch.as_tensor(cam.intrinsics, dtype=torch.float32).expand(n, 4)
+        kwargs = dict(image_size=(size, size), vertex_colors=colors, background=bg, cull_backfaces=True)
         if rng.random() < cfg.blur_prob:
-            out = motion_blur(verts_c, self.faces, camera, image_size=(size, size),
-                              vertex_colors=colors, background=bg)
+            velocity = torch.zeros_like(verts_c)
+            velocity[1:] = verts_c[1:] - verts_c[:-1]
+            velocity[0] = velocity[1] if n > 1 else 0.0
+            out = motion_blur(verts_c, velocity, self.faces, camera, samples=3, **kwargs)
         else:
-            out = render_mesh(verts_c, self.faces, camera, image_size=(size, size),
-                              vertex_colors=colors, background=bg.expand(n, -1, -1, -1),
-                              cull_backfaces=True)
-        images = out.image if hasattr(out, "image") else out
+            out = render_mesh(verts_c, self.faces, camera, **kwargs)
+        images = out.image
         if rng.random() < cfg.occluder_prob:
-            images = add_occluders(images, gen)
+            # the same seed every frame: one occluder that keeps its shape and place relative
+            # to the body for the whole sequence, instead of a new one each frame
+            seed = int(rng.integers(2 ** 31))
+            images = torch.cat([add_occluders(images[i:i + 1], out.depth[i:i + 1], seed, max_occluders=1,
+                                              probability=1.0, size_range=(0.12, 0.3)).images
+                                for i in range(n)])
         return images.numpy()
 
     def build(self, split: SplitSpec, subjects: list[str], progress: bool = True) -> tuple[dict, dict]:

@@ -44,7 +44,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     else:
         hierarchy = ms.compute_downsampling(arrays["v_template"], arrays["f"],
                                             sizes=tuple(p.get("downsample_sizes", (1723, 431))))
-    ms.save_mesh_downsampling(layout.downsampling, hierarchy)
+    ms.save_mesh_hierarchy(layout.downsampling, hierarchy)
     smpl = bm.load_smpl(layout.body_model)  # the file must load through smplx
     return {"source": source, "vertices": int(smpl.v_template.shape[0]), "faces": int(arrays["f"].shape[0]),
             "levels": [int(n) for n in hierarchy.sizes]}

@@ -49,7 +49,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
             arrays[f"{source}/keypoints"] = det.kp.astype(np.float32)
             arrays[f"{source}/confidence"] = det.conf.astype(np.float32)
             rep = error_report(det.kp, data.frames["joints2d"], det.conf)
-            report[source] = {k: round(float(v), 4) for k, v in rep.items() if np.ndim(v) == 0}
+            report[source] = {k: round(float(v), 4) for k, v in rep.items()
+                              if isinstance(v, (int, float, np.number))}
         write_table(layout.detections(split), arrays,
                     attrs={"sources": ",".join(sources), "split": split, "joint_set": "h36m17"})
         metrics[split] = report

@@ -19,7 +19,7 @@ from pathlib import Path
 from hmrmamba import __version__
 from hmrmamba.errors import InputError
 
-STAGES = ("body_model", "prepare", "detect2d", "features")
+STAGES = ("body_model", "prepare", "detect2d", "features", "train_lift", "train_mesh", "evaluate")
 
 
 def _root() -> Path | None:

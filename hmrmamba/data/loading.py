@@ -1,0 +1,73 @@
+"""Assemble model-ready windows from a split and its sibling tables (detections, features).
+
+This is the one place that joins ``data/prepared``, ``data/detections`` and ``data/features``
+row by row, so training, evaluation, the demo and the tests all see the same tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hmrmamba.data.h5schema import Field, Split, read_split, read_table
+from hmrmamba.data.windows import WindowDataset
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+
+
+def normalize_keypoints(kp: np.ndarray, image_size: float) -> np.ndarray:
+    """Pixels -> [-1, 1] by the image width (VideoPose3D convention, square images).
+
+    kp: (..., 2) px -> (..., 2).
+    """
+    return (kp / float(image_size) * 2.0 - 1.0).astype(np.float32)
+
+
+@dataclass
+class SplitArrays:
+    """Per-frame arrays of one split joined with one 2D source and the cached features."""
+
+    split: Split
+    detector: str
+    arrays: dict[str, np.ndarray]
+
+    def windows(self, *, length: int, stride: int, centred: bool) -> WindowDataset:
+        return WindowDataset(self.arrays, seq_start=self.split.seqs["seq_start"],
+                             seq_len=self.split.seqs["seq_len"], camera=self.split.seqs["camera"],
+                             length=length, stride=stride, centred=centred, source=str(self.split.path))
+
+
+def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_smpl: bool = False
+                      ) -> SplitArrays:
+    """Join prepared split + ``detector`` keypoints + features into float32 per-frame arrays.
+
+    Arrays: ``kp2d (N,17,2)`` normalised, ``kp2d_px``, ``conf (N,17)``, ``feats (N,2048)``,
+    ``joints3d (N,17,3)`` root-relative m, ``root (N,3)`` camera-frame pelvis m; with ``with_smpl``
+    also ``smpl_pose (N,72)``, ``smpl_betas (N,10)``, ``smpl_trans (N,3)`` for mesh targets.
+    """
+    split = read_split(layout.prepared(split_name))
+    n = split.num_frames
+    size = split.attrs.get("image_size")
+    if not size:
+        raise InputError("missing attribute", file=split.path, field="image_size",
+                         expected="the frame size in pixels (written by the prepare stage)")
+    det_path = layout.detections(split_name)
+    det, attrs = read_table(det_path, {f"{detector}/keypoints": Field((17, 2), "f", finite=True),
+                                       f"{detector}/confidence": Field((17,), "f", finite=True)}, rows=n)
+    feat_path = layout.features(split_name)
+    feats, _ = read_table(feat_path, {"features": Field((None,), "f", finite=True)}, rows=n)
+    kp = det[f"{detector}/keypoints"].astype(np.float32)
+    j3d = split.frames["joints3d"].astype(np.float32)
+    arrays = {
+        "kp2d": normalize_keypoints(kp, float(size)),
+        "kp2d_px": kp,
+        "conf": det[f"{detector}/confidence"].astype(np.float32),
+        "feats": feats["features"].astype(np.float32),
+        "joints3d": j3d - j3d[:, :1],
+        "root": j3d[:, 0],
+    }
+    if with_smpl:
+        for k in ("smpl_pose", "smpl_betas", "smpl_trans"):
+            arrays[k] = split.frames[k].astype(np.float32)
+    return SplitArrays(split=split, detector=detector, arrays=arrays)

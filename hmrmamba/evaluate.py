@@ -1,0 +1,111 @@
+"""Evaluation protocol of PMCE/ARTS on a prepared split.
+
+- Stride-1 windows centred on every frame; only the middle frame of each window is scored.
+- Joints: H36M-17 regressed from the predicted mesh with the H36M regressor (the lifted pose when
+  the model is lift-only), pelvis-centred; MPJPE/PA-MPJPE over the 14 evaluation joints
+  (``H36M_EVAL14``), or all 17 for 3DHP.
+- MPVPE after aligning both meshes at the SMPL pelvis (joint 0 of the SMPL regressor).
+- Accel error per sequence on the second differences of the evaluated joints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hmrmamba import metrics as M
+from hmrmamba.data.loading import SplitArrays
+from hmrmamba.skeleton import H36M_EVAL14
+
+
+@dataclass
+class Predictions:
+    """Per-frame predictions of one split: pose3d (N,17,3) m root-relative; vertices (N,V,3) or None."""
+
+    pose3d: np.ndarray
+    joints: np.ndarray | None = None
+    vertices: np.ndarray | None = None
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, batch_size: int = 64,
+                  lift_only: bool = False, device: str | torch.device = "cpu", progress: bool = True
+                  ) -> Predictions:
+    """Run ``model`` on centred stride-1 windows and keep each window's middle frame."""
+    ds = data.windows(length=length, stride=1, centred=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    mid = length // 2
+    model.eval()
+    pose, joints, verts = [], [], []
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        out = model(batch["kp2d"].to(device), batch["conf"].to(device), batch["feats"].to(device),
+                    lift_only=lift_only)
+        pose.append(out.pose3d[:, mid].float().cpu().numpy())
+        if not lift_only and out.vertices is not None:
+            joints.append(out.joints[:, mid].float().cpu().numpy())
+            verts.append(out.vertices[:, mid].float().cpu().numpy())
+    return Predictions(pose3d=np.concatenate(pose), joints=np.concatenate(joints) if joints else None,
+                       vertices=np.concatenate(verts) if verts else None)
+
+
+@torch.no_grad()
+def smpl_targets(smpl, h36m_regressor: torch.Tensor, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray,
+                 *, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground-truth meshes from SMPL parameters.
+
+    pose (N,72), betas (N,10), trans (N,3) -> vertices (N,V,3), H36M joints (N,17,3), SMPL pelvis (N,3).
+    """
+    vs, js, ps = [], [], []
+    for s in range(0, len(pose), chunk):
+        sl = slice(s, s + chunk)
+        out = smpl(global_orient=torch.as_tensor(pose[sl, :3]), body_pose=torch.as_tensor(pose[sl, 3:]),
+                   betas=torch.as_tensor(betas[sl]), transl=torch.as_tensor(trans[sl]))
+        vs.append(out.vertices.numpy())
+        js.append(torch.einsum("jv,nvc->njc", h36m_regressor, out.vertices).numpy())
+        ps.append(out.joints[:, 0].numpy())
+    return np.concatenate(vs), np.concatenate(js), np.concatenate(ps)
+
+
+def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H36M_EVAL14,
+                         gt_mesh: tuple[np.ndarray, np.ndarray] | None = None,
+                         pred_pelvis: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """Score predictions against the split's ground truth.
+
+    gt_mesh: (vertices (N,V,3) root-relative to the SMPL pelvis, None) when MPVPE is wanted;
+    pred_pelvis: (N,3) SMPL pelvis of the predicted mesh (regressed by the caller).
+    -> (summary {mpjpe, pa_mpjpe, mpvpe?, accel}, per-sequence table, per-joint MPJPE (J_eval,)).
+    """
+    gt = data.arrays["joints3d"]                                   # (N,17,3) pelvis-centred
+    joints = pred.joints if pred.joints is not None else pred.pose3d
+    joints = joints - joints[:, :1]                                # pelvis-centred
+    idx = list(eval_joints)
+    p, g = torch.as_tensor(joints[:, idx], dtype=torch.float64), torch.as_tensor(gt[:, idx], dtype=torch.float64)
+    per_frame = M.mpjpe(p, g).numpy()
+    per_frame_pa = M.pa_mpjpe(p, g).numpy()
+    per_joint = (p - g).norm(dim=-1).mean(0).numpy() * 1000.0
+    per_frame_v = None
+    if gt_mesh is not None and pred.vertices is not None and pred_pelvis is not None:
+        pv = pred.vertices - pred_pelvis[:, None]
+        per_frame_v = M.mpvpe(torch.as_tensor(pv, dtype=torch.float64),
+                              torch.as_tensor(gt_mesh[0], dtype=torch.float64)).numpy()
+    rows, accels = [], []
+    seqs = data.split.seqs
+    for s, (a, n) in enumerate(zip(seqs["seq_start"], seqs["seq_len"])):
+        sl = slice(int(a), int(a + n))
+        acc = M.accel_error(p[sl], g[sl]).numpy()
+        accels.append(acc)
+        row = {"sequence": seqs["seq_name"][s], "frames": int(n), "mpjpe": float(per_frame[sl].mean()),
+               "pa_mpjpe": float(per_frame_pa[sl].mean()), "accel": float(acc.mean()) if acc.size else np.nan}
+        if per_frame_v is not None:
+            row["mpvpe"] = float(per_frame_v[sl].mean())
+        rows.append(row)
+    all_acc = np.concatenate(accels)
+    summary = {"mpjpe": float(per_frame.mean()), "pa_mpjpe": float(per_frame_pa.mean()),
+               "accel": float(all_acc.mean()) if all_acc.size else float("nan")}
+    if per_frame_v is not None:
+        summary["mpvpe"] = float(per_frame_v.mean())
+    return summary, pd.DataFrame(rows), per_joint

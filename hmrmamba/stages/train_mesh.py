@@ -1,0 +1,37 @@
+"""DVC stage ``train_mesh``: stage 2, motion-guided reconstruction from stage-1 weights (§3.4, eq. 15)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hmrmamba.errors import MissingFileError
+from hmrmamba.layout import Layout
+from hmrmamba.stages.common import main as stage_main
+
+STAGE = "train_mesh"
+
+
+def run(params: Mapping[str, Any], layout: Layout) -> dict:
+    import torch
+
+    from hmrmamba.body_model import load_smpl
+    from hmrmamba.losses import MeshLossWeights
+    from hmrmamba.train.experiment import load_mesh_assets, train_stage
+    from hmrmamba.train.objectives import MeshObjective, MeshTargets, faces_tensor, loss_weights
+
+    init = layout.root / params["train_lift"]["checkpoint_dir"] / "best.pt"
+    if not init.exists():
+        raise MissingFileError("stage-1 checkpoint not found", file=init,
+                               expected="the output of the train_lift stage (run `dvc repro train_lift`)")
+    _, arrays = load_mesh_assets(layout)
+    targets = MeshTargets(load_smpl(layout.body_model), torch.as_tensor(arrays["J_regressor_h36m"]))
+    faces = faces_tensor(arrays["f"])
+
+    def objective(p: Mapping[str, Any], image_size: float):
+        return MeshObjective(weights=loss_weights(MeshLossWeights, p.get("loss")), targets=targets, faces=faces)
+
+    return train_stage(STAGE, params, layout, objective_factory=objective, lift_only=False, init_from=init)
+
+
+if __name__ == "__main__":
+    stage_main(STAGE, run)

@@ -1,0 +1,141 @@
+"""One training stage, end to end: data, model, optimiser, Trainer, MLflow curves.
+
+Both stages share this; they differ in the objective, the learning rate, the batch size and
+where they start (stage 2 loads stage-1 weights and fine-tunes the whole network).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def experiment_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``experiment`` section (variant, detector, ablation flags) with validation."""
+    from hmrmamba.detect.sources import DETECTOR_SOURCES
+    from hmrmamba.models.registry import variant_names
+
+    exp = dict(params.get("experiment") or {})
+    variant = exp.get("variant", "tiny")
+    if variant not in variant_names():
+        raise InputError(f"unknown variant '{variant}'", file="params.yaml", field="experiment.variant",
+                         expected=f"one of {variant_names()}")
+    detector = exp.get("detector", "cpn")
+    sources = list(params.get("detect2d", {}).get("sources", DETECTOR_SOURCES))
+    if detector not in sources:
+        raise InputError(f"detector '{detector}' was not produced by detect2d", file="params.yaml",
+                         field="experiment.detector", expected=f"one of detect2d.sources {sources}")
+    return {"variant": variant, "detector": detector, "overrides": dict(exp.get("overrides") or {})}
+
+
+def load_mesh_assets(layout: Layout):
+    """Mesh hierarchy, template and H36M regressor from the body_model stage -> MeshAssets."""
+    from hmrmamba.body_model import load_body_arrays
+    from hmrmamba.mesh_sampling import load_mesh_downsampling
+    from hmrmamba.models.reconstructor import mesh_assets_from_hierarchy
+
+    arrays = load_body_arrays(layout.body_model)
+    hierarchy = load_mesh_downsampling(layout.downsampling)
+    return mesh_assets_from_hierarchy(hierarchy, arrays["v_template"], arrays["J_regressor_h36m"]), arrays
+
+
+def build_model(params: Mapping[str, Any], layout: Layout, *, lift_only: bool):
+    """-> (model, resolved config) for the configured variant and ablation overrides."""
+    from hmrmamba.models.registry import build, resolve_config
+
+    exp = experiment_settings(params)
+    assets = None if lift_only else load_mesh_assets(layout)[0]
+    model = build(exp["variant"], assets=assets, lift_only=lift_only, **exp["overrides"])
+    cfg = resolve_config(exp["variant"], **exp["overrides"])
+    return model, cfg
+
+
+def input_fingerprint(paths: list[Path]) -> dict[str, list[int]]:
+    """Size and modification time of each input file: a resumed run must see the same inputs."""
+    out = {}
+    for path in paths:
+        st = Path(path).stat()
+        out[str(Path(path).name)] = [int(st.st_size), int(st.st_mtime_ns)]
+    return out
+
+
+def discard_stale_checkpoints(ckpt_dir: Path, config: Mapping[str, Any]) -> None:
+    """Remove checkpoints written for other params or inputs, so ``resume`` never continues them."""
+    from hmrmamba.train.checkpoint import load_checkpoint
+
+    last = ckpt_dir / "last.pt"
+    if not last.exists():
+        return
+    try:
+        stored = load_checkpoint(last).get("config")
+    except InputError:
+        stored = None
+    if stored != config:
+        log.warning("checkpoints in %s were made with other params or inputs; starting afresh", ckpt_dir)
+        for name in ("last.pt", "best.pt", "history.csv"):
+            (ckpt_dir / name).unlink(missing_ok=True)
+
+
+def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, objective_factory,
+                lift_only: bool, init_from: Path | None = None) -> dict[str, Any]:
+    """Train one stage with the generic Trainer and return its summary metrics."""
+    from hmrmamba import tracking
+    from hmrmamba.data.loading import load_split_arrays
+    from hmrmamba.train import Trainer, make_loader, seed_everything
+    from hmrmamba.train.checkpoint import load_checkpoint
+    from hmrmamba.train.objectives import validation
+
+    p = dict(params[stage])
+    exp = experiment_settings(params)
+    seed = int(p.get("seed", params.get("seed", 0)))
+    seed_everything(seed)
+    window, stride = int(p["window"]), int(p["stride"])
+    train = load_split_arrays(layout, p.get("train_split", "train"), detector=exp["detector"],
+                              with_smpl=not lift_only)
+    val = load_split_arrays(layout, p.get("val_split", "val"), detector=exp["detector"])
+    dataset = train.windows(length=window, stride=stride, centred=False)
+    if len(dataset) == 0:
+        raise InputError("no training windows", file=str(train.split.path), field="seq_len",
+                         expected=f"at least one sequence (window {window})")
+    model, cfg = build_model(params, layout, lift_only=lift_only)
+    if init_from is not None:
+        state = load_checkpoint(init_from)["model"]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise InputError(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}", file=init_from,
+                             field="model", expected=f"a stage-1 checkpoint of variant '{exp['variant']}'")
+        log.info("initialised from %s (%d keys new in this stage)", init_from, len(missing))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
+    loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)
+    image_size = float(train.split.attrs["image_size"])
+    ckpt_dir = layout.root / p["checkpoint_dir"]
+    config = {"model": cfg, "experiment": exp, "stage": stage, "train": p,
+              "inputs": input_fingerprint([train.split.path, val.split.path] + ([init_from] if init_from else []))}
+    discard_stale_checkpoints(ckpt_dir, config)
+    trainer = Trainer(model, step_fn=objective_factory(p, image_size), optimizer=optimizer, scheduler=scheduler,
+                      train_loader=loader, val_fn=validation(val, length=window, lift_only=lift_only),
+                      epochs=int(p["epochs"]), ckpt_dir=ckpt_dir, seed=seed,
+                      monitor="val_mpjpe", mode="min",
+                      log_fn=lambda m, e: tracking.log_metrics(m, step=e),
+                      grad_clip=float(p["grad_clip"]) if p.get("grad_clip") else None,
+                      amp=bool(p.get("amp", False)), compile=bool(p.get("compile", False)),
+                      config=config,
+                      find_unused_parameters=not lift_only)
+    result = trainer.fit(resume=bool(p.get("resume", True)))
+    last = result.history[-1]
+    return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
+            "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,
+            "final_train_loss": last.get("train_loss"), "final_val_mpjpe": last.get("val_mpjpe"),
+            "final_val_pa_mpjpe": last.get("val_pa_mpjpe"), "resumed": bool(result.resumed),
+            "params_m": round(sum(x.numel() for x in model.parameters()) / 1e6, 4),
+            "train_windows": len(dataset), "seconds_per_epoch": float(np.mean([h.get("seconds", 0) for h in result.history]))}

@@ -1,0 +1,103 @@
+"""What each training stage optimises: batch -> loss terms (eq. 14, eq. 15) and validation.
+
+The generic :class:`hmrmamba.train.loop.Trainer` calls these; the DVC stages only wire params in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from hmrmamba.data.loading import SplitArrays
+from hmrmamba.evaluate import evaluate_predictions, predict_split
+from hmrmamba.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
+
+
+@dataclass
+class LiftObjective:
+    """Stage 1: lifted pose vs ground truth (eq. 14)."""
+
+    weights: LiftLossWeights
+    image_size: float
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(batch["kp2d"], batch["conf"], batch["feats"], lift_only=True)
+        return lift_loss(out.pose3d, batch["joints3d"], batch["kp2d_px"], batch["conf"], batch["mask"],
+                         self.weights, camera=batch["camera"], root=batch["root"], image_size=self.image_size)
+
+
+class MeshTargets(nn.Module):
+    """Ground-truth meshes on the fly from SMPL parameters, root-relative at the H36M pelvis.
+
+    (B, T, 72), (B, T, 10), (B, T, 3) -> vertices (B, T, V, 3), H36M joints (B, T, 17, 3).
+    """
+
+    def __init__(self, smpl: nn.Module, h36m_regressor: torch.Tensor):
+        super().__init__()
+        self.smpl = smpl
+        self.register_buffer("regressor", h36m_regressor.float())
+
+    @torch.no_grad()
+    def forward(self, pose: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor):
+        b, t = pose.shape[:2]
+        flat = lambda x: x.reshape(b * t, -1)  # noqa: E731
+        out = self.smpl(global_orient=flat(pose)[:, :3], body_pose=flat(pose)[:, 3:], betas=flat(betas),
+                        transl=flat(trans))
+        verts = out.vertices
+        joints = torch.einsum("jv,nvc->njc", self.regressor, verts)
+        root = joints[:, :1]
+        return (verts - root).reshape(b, t, -1, 3), (joints - root).reshape(b, t, -1, 3)
+
+
+@dataclass
+class MeshObjective:
+    """Stage 2: mesh, regressed joints, lifted pose and co-evolution joints vs ground truth (eq. 15)."""
+
+    weights: MeshLossWeights
+    targets: MeshTargets
+    faces: torch.Tensor
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(batch["kp2d"], batch["conf"], batch["feats"], lift_only=False)
+        if self.targets.regressor.device != out.vertices.device:
+            self.targets.to(out.vertices.device)
+        gt_v, gt_j = self.targets(batch["smpl_pose"], batch["smpl_betas"], batch["smpl_trans"])
+        pred_v = out.vertices - out.joints[:, :, :1]
+        pred_j = out.joints - out.joints[:, :, :1]
+        extra = tuple(x for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)
+        return mesh_loss(pred_v, gt_v, pred_j, gt_j, self.faces.to(pred_v.device), batch["mask"], self.weights,
+                         extra_joints=extra)
+
+
+def validation(data: SplitArrays, *, length: int, lift_only: bool, batch_size: int = 64):
+    """A ``val_fn`` for the Trainer: MPJPE / PA-MPJPE (mm) on the middle frames of ``data``."""
+
+    def val_fn(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        pred = predict_split(model, data, length=length, batch_size=batch_size, lift_only=lift_only,
+                             device=device, progress=False)
+        summary, _, _ = evaluate_predictions(pred, data)
+        return {"mpjpe": summary["mpjpe"], "pa_mpjpe": summary["pa_mpjpe"]}
+
+    return val_fn
+
+
+def loss_weights(cls, values: Mapping[str, Any] | None):
+    """Build a weights dataclass from a params mapping, refusing unknown names."""
+    values = dict(values or {})
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        from hmrmamba.errors import InputError
+
+        raise InputError(f"unknown loss weight(s) {unknown}", file="params.yaml", field="loss",
+                         expected=f"names from {sorted(fields)}")
+    return cls(**{k: float(v) for k, v in values.items()})
+
+
+def faces_tensor(faces: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(faces, dtype=np.int64))

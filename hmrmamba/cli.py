@@ -5,6 +5,7 @@ Subcommands:
   where         where the pipeline's outputs and stores are (printed after `make repro`)
   params        compose params.yaml from conf/ for a profile
   convert-smpl  convert a real SMPL .pkl (chumpy inside) into the project's .npz, safely
+  preview       contact sheet of a prepared split
   stage         run one pipeline stage (same as `python -m hmrmamba.stages.NAME`)
 """
 
@@ -109,6 +110,27 @@ def cmd_convert_smpl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Contact sheet of a prepared split with its 2D keypoints: what the models see."""
+    import numpy as np
+
+    from hmrmamba.data.h5schema import read_split
+    from hmrmamba.layout import Layout
+    from hmrmamba.plots import contact_sheet
+    from hmrmamba.skeleton import H36M17
+
+    root = _root() or Path.cwd()
+    split = read_split(Layout(root).prepared(args.split), with_images=True)
+    starts, lens = split.seqs["seq_start"], split.seqs["seq_len"]
+    picks = [int(starts[s] + (lens[s] * k) // 3) for s in range(min(args.sequences, split.num_seqs)) for k in range(3)]
+    out = contact_sheet(args.output, split.frames["image"][picks],
+                        keypoints=split.frames["joints2d"][picks] if args.keypoints else None,
+                        parents=H36M17.parents, columns=6,
+                        titles=[str(split.seqs["motion"][np.searchsorted(starts, i, "right") - 1]) for i in picks])
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from hmrmamba.stages.common import main as stage_main
 
@@ -131,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pkl")
     p.add_argument("-o", "--output")
     p.set_defaults(fn=cmd_convert_smpl)
+    p = sub.add_parser("preview", help="contact sheet of a prepared split (frames + 2D joints)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sequences", type=int, default=6)
+    p.add_argument("--keypoints", action="store_true", help="draw the ground-truth 2D skeleton")
+    p.add_argument("-o", "--output", default="plots/preview.png")
+    p.set_defaults(fn=cmd_preview)
     p = sub.add_parser("stage", help="run one pipeline stage")
     p.add_argument("name", choices=STAGES)
     p.set_defaults(fn=cmd_stage)

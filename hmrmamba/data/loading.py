@@ -16,12 +16,16 @@ from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
 
 
-def normalize_keypoints(kp: np.ndarray, image_size: float) -> np.ndarray:
-    """Pixels -> [-1, 1] by the image width (VideoPose3D convention, square images).
+def normalize_keypoints(kp: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Pixels -> crop coordinates in [-1, 1] of the person box the features were computed on.
 
-    kp: (..., 2) px -> (..., 2).
+    kp: (N, J, 2) px; boxes: (N, 4) cx, cy, w, h -> (N, J, 2). The lifter thus sees the same
+    frame of reference as the image features (and as GA's sampling grid), independent of where
+    the person stands in the image and how large they appear.
     """
-    return (kp / float(image_size) * 2.0 - 1.0).astype(np.float32)
+    centre = boxes[:, None, :2]
+    half = np.maximum(boxes[:, None, 2:4] / 2.0, 1e-6)
+    return ((kp - centre) / half).astype(np.float32)
 
 
 @dataclass
@@ -42,7 +46,8 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
                       ) -> SplitArrays:
     """Join prepared split + ``detector`` keypoints + features into float32 per-frame arrays.
 
-    Arrays: ``kp2d (N,17,2)`` normalised, ``kp2d_px``, ``conf (N,17)``, ``feats (N,2048)``,
+    Arrays: ``kp2d (N,17,2)`` in crop coordinates of the feature boxes (see
+    :func:`normalize_keypoints`), ``kp2d_px``, ``conf (N,17)``, ``feats (N,2048)``,
     ``joints3d (N,17,3)`` root-relative m, ``root (N,3)`` camera-frame pelvis m; with ``with_smpl``
     also ``smpl_pose (N,72)``, ``smpl_betas (N,10)``, ``smpl_trans (N,3)`` for mesh targets.
     """
@@ -56,11 +61,12 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
     det, attrs = read_table(det_path, {f"{detector}/keypoints": Field((17, 2), "f", finite=True),
                                        f"{detector}/confidence": Field((17,), "f", finite=True)}, rows=n)
     feat_path = layout.features(split_name)
-    feats, _ = read_table(feat_path, {"features": Field((None,), "f", finite=True)}, rows=n)
+    feats, _ = read_table(feat_path, {"features": Field((None,), "f", finite=True),
+                                      "boxes": Field((4,), "f", finite=True)}, rows=n)
     kp = det[f"{detector}/keypoints"].astype(np.float32)
     j3d = split.frames["joints3d"].astype(np.float32)
     arrays = {
-        "kp2d": normalize_keypoints(kp, float(size)),
+        "kp2d": normalize_keypoints(kp, feats["boxes"]),
         "kp2d_px": kp,
         "conf": det[f"{detector}/confidence"].astype(np.float32),
         "feats": feats["features"].astype(np.float32),

@@ -85,6 +85,22 @@ def discard_stale_checkpoints(ckpt_dir: Path, config: Mapping[str, Any]) -> None
             (ckpt_dir / name).unlink(missing_ok=True)
 
 
+def write_curves(layout: Layout, stage: str, history: list[dict[str, float]], *, title: str) -> None:
+    """plots/<stage>_curve.csv and .png from the Trainer's history (also MLflow artifacts)."""
+    import pandas as pd
+
+    from hmrmamba.atomic import atomic_path
+    from hmrmamba.plots import training_curves
+    from hmrmamba.tracking import log_artifact
+
+    csv = layout.plot(f"{stage}_curve.csv")
+    with atomic_path(csv) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+    png = training_curves(layout.plot(f"{stage}_curve.png"), history, title=title)
+    for path in (csv, png):
+        log_artifact(path)
+
+
 def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, objective_factory,
                 lift_only: bool, init_from: Path | None = None) -> dict[str, Any]:
     """Train one stage with the generic Trainer and return its summary metrics."""
@@ -114,6 +130,9 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
             raise InputError(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}", file=init_from,
                              field="model", expected=f"a stage-1 checkpoint of variant '{exp['variant']}'")
         log.info("initialised from %s (%d keys new in this stage)", init_from, len(missing))
+    else:
+        feats = torch.as_tensor(train.arrays["feats"])
+        model.set_feature_stats(feats.mean(0), feats.std(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
     loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)
@@ -133,6 +152,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
                       find_unused_parameters=not lift_only)
     result = trainer.fit(resume=bool(p.get("resume", True)))
     last = result.history[-1]
+    write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")
     return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
             "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,
             "final_train_loss": last.get("train_loss"), "final_val_mpjpe": last.get("val_mpjpe"),

@@ -1,0 +1,174 @@
+"""Forward+backward time of ``selective_scan`` against ``selective_scan_ref`` on the CPU.
+
+Usage: ``python benchmarks/bench_scan.py [--threads 2] [--lengths 16 64 243 486 1024]``
+
+Inputs are shaped like one Mamba block of the lifter (batch 64, d_inner 256, d_state 16) with the
+block's own options (D skip, z gate, delta_bias, softplus). Each time is the best of ``--repeats``
+runs (the reference, much slower, runs ``--ref-repeats`` times and only up to ``--ref-max-len``).
+Prints a markdown table; the per-step column shows that the cost is linear in L. On a shared
+machine ``--threads 1 --clock cpu`` (process CPU time) is robust to other jobs taking the cores,
+which otherwise stall every multi-threaded op of a step-by-step loop.
+``--alternatives`` also times, forward only, two other ways to run the recurrence (a chunked
+"segsum" scan and a log-step parallel scan), which is why ``selective_scan`` uses neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+
+import torch
+
+from hmrmamba.ssm.scan import selective_scan, selective_scan_ref
+
+
+def make_inputs(batch: int, dim: int, seqlen: int, dstate: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of a Mamba block's scan: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L)."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.rand(dim, generator=g) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+    return {
+        "u": torch.randn(batch, dim, seqlen, generator=g),
+        "delta": torch.randn(batch, dim, seqlen, generator=g) * 0.5,
+        "A": -torch.arange(1, dstate + 1, dtype=torch.float32).repeat(dim, 1),
+        "B": torch.randn(batch, dstate, seqlen, generator=g),
+        "C": torch.randn(batch, dstate, seqlen, generator=g),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, seqlen, generator=g),
+        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+    }
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_fwd_bwd(fn, inputs: dict[str, torch.Tensor], repeats: int,
+                 clock: str = "wall") -> tuple[float, float]:
+    """Best (forward, forward+backward) time in seconds over ``repeats`` runs."""
+    now = CLOCKS[clock]
+    best_f, best_fb = float("inf"), float("inf")
+    for _ in range(repeats):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        t0 = now()
+        out = fn(**leaves, delta_softplus=True)
+        t1 = now()
+        out.backward(torch.ones_like(out))
+        t2 = now()
+        best_f, best_fb = min(best_f, t1 - t0), min(best_fb, t2 - t0)
+    return best_f, best_fb
+
+
+def chunked_segsum_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                        C: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Chunked scan: u, delta (b, d, L) -> y (b, d, L) without D/z; intra-chunk exp(S_t - S_s) matrices."""
+    b, d, L = u.shape
+    n = A.shape[1]
+    pad = -L % chunk
+    u, delta, B, C = (torch.nn.functional.pad(x, (0, pad)) for x in (u, delta, B, C))
+    nc = (L + pad) // chunk
+    S = (delta.view(b, d, nc, chunk, 1) * A.view(1, d, 1, 1, n)).cumsum(3)  # (b, d, nc, c, n)
+    x = (delta * u).view(b, d, nc, chunk, 1) * B.view(b, 1, n, nc, chunk).permute(0, 1, 3, 4, 2)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool).tril().view(1, 1, 1, chunk, chunk, 1)
+    seg = (S.unsqueeze(4) - S.unsqueeze(3)).masked_fill(~causal, -float("inf"))  # (b, d, nc, t, s, n)
+    inner = (torch.exp(seg) * x.unsqueeze(3)).sum(4)  # states from inputs of the same chunk
+    decay = torch.exp(S)
+    h = u.new_zeros(b, d, n)
+    states = []
+    for k in range(nc):
+        hk = inner[:, :, k] + decay[:, :, k] * h.unsqueeze(2)
+        states.append(hk)
+        h = hk[:, :, -1]
+    H = torch.stack(states, 2)
+    return (H * C.view(b, 1, n, nc, chunk).permute(0, 1, 3, 4, 2)).sum(-1).reshape(b, d, -1)[..., :L]
+
+
+def parallel_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor) -> torch.Tensor:
+    """Hillis-Steele scan of (decay, input) pairs in ceil(log2 L) full passes: u (b, d, L) -> y (b, d, L)."""
+    L = u.shape[-1]
+    a = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (b, d, L, n)
+    x = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)
+    k = 1
+    while k < L:
+        x = torch.cat([x[:, :, :k], a[:, :, k:] * x[:, :, :-k] + x[:, :, k:]], 2)
+        a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], 2)
+        k *= 2
+    return (x * C.transpose(1, 2).unsqueeze(1)).sum(-1)
+
+
+def time_alternatives(inputs: dict[str, torch.Tensor], repeats: int) -> None:
+    """Print forward-only times (no D, z) of the scan and the two alternatives, checking they agree."""
+    delta = torch.nn.functional.softplus(inputs["delta"] + inputs["delta_bias"][:, None])
+    args = (inputs["u"], delta, inputs["A"], inputs["B"], inputs["C"])
+    candidates = {"selective_scan (blocked loop)": lambda: selective_scan(*args),
+                  "chunked segsum, chunk 4": lambda: chunked_segsum_scan(*args, chunk=4),
+                  "chunked segsum, chunk 8": lambda: chunked_segsum_scan(*args, chunk=8),
+                  "log-step parallel scan": lambda: parallel_scan(*args)}
+    print(f"\n| forward only, L={inputs['u'].shape[-1]} | time (ms) | max abs diff |\n|---|---:|---:|")
+    with torch.no_grad():
+        ref = selective_scan(*args)
+        for name, fn in candidates.items():
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                out = fn()
+                best = min(best, time.perf_counter() - t0)
+            print(f"| {name} | {best * 1e3:.0f} | {float((out - ref).abs().max()):.1e} |", flush=True)
+
+
+def check_parity(inputs: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| between the two scans' outputs and input gradients (float32)."""
+    results = []
+    for fn in (selective_scan, selective_scan_ref):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        out = fn(**leaves, delta_softplus=True)
+        out.backward(torch.ones_like(out))
+        results.append([out.detach()] + [leaves[k].grad for k in sorted(leaves)])
+    return max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(*results, strict=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dstate", type=int, default=16)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 243, 486, 1024])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-repeats", type=int, default=1)
+    ap.add_argument("--ref-max-len", type=int, default=243)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time, or this process's CPU time (use with --threads 1 on a busy machine)")
+    ap.add_argument("--alternatives", action="store_true", help="also time other scan formulations (L=243)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}"
+          f"; B={args.batch}, D={args.dim}, N={args.dstate}, float32; {args.clock} clock, "
+          f"best of {args.repeats} "
+          f"(ref: {args.ref_repeats})\n")
+    small = make_inputs(4, 16, 50, args.dstate)
+    print(f"parity check (B=4, D=16, L=50): max relative difference of out and all gradients "
+          f"= {check_parity(small):.1e}\n")
+    print("| L | scan fwd (ms) | scan fwd+bwd (ms) | fwd+bwd per step (ms) | ref fwd (ms) | ref fwd+bwd (ms) "
+          "| speed-up fwd+bwd |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for seqlen in args.lengths:
+        inputs = make_inputs(args.batch, args.dim, seqlen, args.dstate)
+        time_fwd_bwd(selective_scan, inputs, 1)  # warm-up
+        f, fb = time_fwd_bwd(selective_scan, inputs, args.repeats, args.clock)
+        if seqlen <= args.ref_max_len:
+            rf, rfb = time_fwd_bwd(selective_scan_ref, inputs, args.ref_repeats, args.clock)
+            ref_cols = f"{rf * 1e3:.0f} | {rfb * 1e3:.0f} | {rfb / fb:.1f}x"
+        else:
+            ref_cols = "- | - | -"
+        print(f"| {seqlen} | {f * 1e3:.1f} | {fb * 1e3:.1f} | {fb * 1e3 / seqlen:.2f} | {ref_cols} |",
+              flush=True)
+    if args.alternatives:
+        time_alternatives(make_inputs(args.batch, args.dim, 243, args.dstate), repeats=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The Dual-Scan Mamba block (paper eq. 10, Figure 3) and the token layouts it scans in.
+
+Tokens live as ``(B, T, J, C)``: batch, frames, joints, channels. A *layout* turns them into a batch
+of 1-D sequences ``(N, L, C)`` for one Mamba scan and maps the outputs back, exactly:
+
+=====================  =====================  =============================================
+layout                 sequences (N, L)        order inside a sequence
+=====================  =====================  =============================================
+spatial, global        (B*T, J)                joint index 0..J-1 (one frame per sequence)
+spatial, kinematic     (B*T, J)                the joint set's kinematic scan order
+temporal, global       (B*J, T)                time (one joint per sequence)
+temporal, kinematic    (B, J*T)                joint by joint along the kinematic scan order,
+                                               all frames of a joint before the next joint
+=====================  =====================  =============================================
+
+The temporal kinematic layout is our reading of "processes temporal dynamics along kinematic
+chains" (paper §3.3): one long sequence per clip that runs through time within a joint and then
+steps to the next joint of the chain, so the state carried from a joint's last frame seeds its
+child's first frame (see docs/model.md).
+
+Block (pre-norm, like a transformer block)::
+
+    h = LN1(x)
+    dual: O = SiLU(Conv1D(O_global)) * O_local      O_global = Mamba_g(h in global layout)
+                                                    O_local  = Mamba_l(h in kinematic layout), mapped back
+    bi:   O = (Mamba_f(h) + flip(Mamba_b(flip(h)))) / 2     (Vim; global layout only: "vanilla")
+    x = x + DropPath(O)
+    x = x + DropPath(MLP(LN2(x)))
+
+The Conv1D runs along the global sequence axis (joint index or time), ``dim -> dim`` channels,
+``fusion_kernel`` taps, "same" padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hmrmamba.errors import InputError
+from hmrmamba.ssm import BiMamba, Mamba
+
+__all__ = ["AXES", "SCAN_MODES", "DropPath", "DualScanMambaBlock", "Mlp", "ScanLayout"]
+
+SCAN_MODES = ("dual", "bi")
+AXES = ("spatial", "temporal")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a whole residual branch per sample with probability ``p`` (train only)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"drop_path={p}", field="drop_path", expected="0 <= p < 1")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...) -> same shape."""
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    """Two-layer perceptron: x (..., dim) -> (..., out_dim or dim), GELU in between."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim if out_dim is None else out_dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., dim) -> (..., out_dim)."""
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+@dataclass(frozen=True)
+class ScanLayout:
+    """How (B, T, J, C) tokens become (N, L, C) sequences for one scan, and back.
+
+    ``axis``: ``"spatial"`` (sequences over joints, one per frame) or ``"temporal"``.
+    ``order``: a joint permutation (kinematic scan order) or ``None`` for index/time order.
+    A temporal layout with an ``order`` is the joint-major "along kinematic chains" layout.
+    """
+
+    axis: str
+    order: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise InputError(f"unknown axis {self.axis!r}", field="axis", expected=" | ".join(AXES))
+        if self.order is not None and sorted(self.order) != list(range(len(self.order))):
+            raise InputError(f"order {self.order} is not a permutation", field="order",
+                             expected="a permutation of 0..J-1")
+
+    @property
+    def inverse(self) -> tuple[int, ...] | None:
+        """inv with ``order[inv[j]] == j``: position of joint j in the scan."""
+        if self.order is None:
+            return None
+        inv = [0] * len(self.order)
+        for pos, joint in enumerate(self.order):
+            inv[joint] = pos
+        return tuple(inv)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise InputError(f"has shape {tuple(x.shape)}", field="tokens", expected="(B, T, J, C)")
+        if self.order is not None and x.shape[2] != len(self.order):
+            raise InputError(f"has {x.shape[2]} joints", field="tokens",
+                             expected=f"J = {len(self.order)} for this scan order")
+
+    def to_seq(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, J, C) -> (N, L, C) sequences in this layout's scan order."""
+        self._check(x)
+        b, t, j, c = x.shape
+        if self.order is not None:
+            x = x.index_select(2, torch.as_tensor(self.order, device=x.device))
+        if self.axis == "spatial":
+            return x.reshape(b * t, j, c)
+        if self.order is None:
+            return x.permute(0, 2, 1, 3).reshape(b * j, t, c)
+        return x.permute(0, 2, 1, 3).reshape(b, j * t, c)
+
+    def from_seq(self, y: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """y: (N, L, C) in this layout -> (B, T, J, C) in index order; ``shape`` is (B, T, J, C)."""
+        b, t, j, _ = shape
+        c = y.shape[-1]
+        if self.axis == "spatial":
+            x = y.reshape(b, t, j, c)
+        else:
+            x = y.reshape(b, j, t, c).permute(0, 2, 1, 3)
+        if self.order is not None:
+            x = x.index_select(2, torch.as_tensor(self.inverse, device=y.device))
+        return x.contiguous()
+
+
+class DualScanMambaBlock(nn.Module):
+    """Dual-Scan (or Vim bidirectional) Mamba block over one axis: x (B, T, J, C) -> (B, T, J, C)."""
+
+    def __init__(self, dim: int, *, axis: str, scan: str = "dual", kinematic_order: Sequence[int] | None = None,
+                 d_state: int = 16, d_conv: int = 4, expand: float = 2, mlp_ratio: float = 4.0,
+                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto",
+                 bidirectional: bool = False, gate_bias: float = 0.0):
+        super().__init__()
+        if scan not in SCAN_MODES:
+            raise InputError(f"unknown scan {scan!r}", field="scan", expected=" | ".join(SCAN_MODES))
+        if axis not in AXES:
+            raise InputError(f"unknown axis {axis!r}", field="axis", expected=" | ".join(AXES))
+        if fusion_kernel < 1 or fusion_kernel % 2 == 0:
+            raise InputError(f"fusion_kernel={fusion_kernel}", field="fusion_kernel", expected="an odd number >= 1")
+        if scan == "dual" and kinematic_order is None:
+            raise InputError("scan='dual' needs the kinematic scan order", field="kinematic_order",
+                             expected="a permutation of the joints (JointSet.scan_order)")
+        self.axis = axis
+        self.scan = scan
+        self.global_layout = ScanLayout(axis)
+        self.local_layout = ScanLayout(axis, tuple(int(i) for i in kinematic_order)) if scan == "dual" else None
+        mamba_kw = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend}
+        self.norm1 = nn.LayerNorm(dim)
+        if scan == "dual":
+            if bidirectional:
+                self.global_mamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
+                self.local_mamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
+            else:
+                self.global_mamba = Mamba(dim, **mamba_kw)
+                self.local_mamba = Mamba(dim, **mamba_kw)
+            self.fusion_conv = nn.Conv1d(dim, dim, fusion_kernel, padding=fusion_kernel // 2)
+            if gate_bias:
+                nn.init.constant_(self.fusion_conv.bias, gate_bias)
+        else:
+            self.bimamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def global_branch(self, h: torch.Tensor) -> torch.Tensor:
+        """O_global after the gate, SiLU(Conv1D(Mamba_g(h))): h (B, T, J, C) -> (B, T, J, C)."""
+        seq = self.global_mamba(self.global_layout.to_seq(h))  # (N, L, C)
+        seq = F.silu(self.fusion_conv(seq.transpose(1, 2))).transpose(1, 2)
+        return self.global_layout.from_seq(seq, h.shape)
+
+    def local_branch(self, h: torch.Tensor) -> torch.Tensor:
+        """O_local, the kinematic scan mapped back to index order: h (B, T, J, C) -> (B, T, J, C)."""
+        return self.local_layout.from_seq(self.local_mamba(self.local_layout.to_seq(h)), h.shape)
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        """The token mixer on normalised tokens: h (B, T, J, C) -> (B, T, J, C)."""
+        if self.scan == "dual":
+            return self.global_branch(h) * self.local_branch(h)
+        return self.global_layout.from_seq(self.bimamba(self.global_layout.to_seq(h)), h.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, J, C) -> (B, T, J, C)."""
+        x = x + self.drop_path(self.mix(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

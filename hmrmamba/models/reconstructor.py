@@ -1,0 +1,404 @@
+"""Motion-guided Reconstruction Network (paper §3.4, eq. 6, 12-13).
+
+Per clip: ``context = MotionAwareAttention(Fimg, P3D)`` (B, T, F); per frame: the co-evolution
+decoder refines the coarse mesh (initialised at the nearest joints of P3D) under AdaLN conditioning on
+``context``; the coarse mesh is upsampled to the full mesh through the mesh hierarchy and an
+image-conditioned residual is added; joints are regressed from the vertices.
+
+Motion representations (derived from P3D (B, T, J, 3)):
+
+- explicit ``M_exp[t] = P3D[t] - P3D[t-1]``, ``M_exp[0] = 0`` (:func:`explicit_motion`);
+- implicit ``M_imp``: the image features *corrected by motion* — the projected, normalised features
+  are modulated feature-wise (FiLM) by an embedding of the frame's pose and velocity:
+  ``M_imp = LN(W_f Fimg) * (1 + gamma(m)) + beta(m)``, ``m = GELU(W_m [P3D[t], M_exp[t]])``.
+
+Motion-aware attention (eq. 12), over time, ``num_heads`` heads::
+
+    Q = W_Q LN(Fimg) + E_t            K = W_K LN([E(M_exp), M_imp]) + E_t        V = W_V LN([...])
+    F_motion-aware = Fimg + W_O softmax(Q K^T / sqrt(d_k)) V        (W_O zero-initialised)
+
+``em=False`` drops E(M_exp) from K/V, ``im=False`` drops M_imp; with both off the module is absent
+and the context is Fimg itself. The context keeps Fimg's width so that the decoder's conditioning
+and the residual head see it like PMCE's GRU feature.
+
+Mesh assets (upsampling matrices, nearest-joint map, joint regressor) are constructor *tensors*
+(:class:`MeshAssets`), made from :mod:`hmrmamba.mesh_sampling` by :func:`mesh_assets_from_hierarchy`
+or at random for size/cost checks by :func:`random_mesh_assets`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hmrmamba.errors import InputError
+from hmrmamba.models.coevolution import CoevolutionDecoder, init_coarse_vertices, nearest_joint_index
+from hmrmamba.models.outputs import ReconOutput
+
+__all__ = [
+    "CONTEXTS",
+    "RESIDUAL_MODES",
+    "UPSAMPLE_MODES",
+    "ImplicitMotion",
+    "MeshAssets",
+    "MeshUpsampler",
+    "MotionAwareAttention",
+    "MotionGuidedReconstructor",
+    "explicit_motion",
+    "mesh_assets_from_hierarchy",
+    "random_mesh_assets",
+]
+
+CONTEXTS = ("motion", "gru", "none")
+UPSAMPLE_MODES = ("learnable", "fixed", "conv")
+RESIDUAL_MODES = ("fine", "coarse", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# mesh assets
+
+
+@dataclass
+class MeshAssets:
+    """Tensors the reconstructor is built from.
+
+    upsample: coarse -> fine matrices, e.g. ((1723, 431), (6890, 1723)), dense or sparse COO;
+    vertex_init: (Vc,) int64 nearest joint per coarse vertex, or (Vc, J) weights;
+    joint_regressor: (J, V) from full-mesh vertices to joints;
+    coarse_offsets: (Vc, 3) constant offsets added to the initial coarse mesh, or None.
+    """
+
+    upsample: tuple[torch.Tensor, ...]
+    vertex_init: torch.Tensor
+    joint_regressor: torch.Tensor
+    coarse_offsets: torch.Tensor | None = None
+
+    @property
+    def num_coarse(self) -> int:
+        return int(self.upsample[0].shape[1])
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.upsample[-1].shape[0])
+
+    def validate(self, num_joints: int) -> None:
+        """Raise ``InputError`` unless the shapes chain: U_k (n_{k+1}, n_k), vertex_init (Vc,) / (Vc, J),
+        joint_regressor (J, V), coarse_offsets (Vc, 3)."""
+        if len(self.upsample) < 1:
+            raise InputError("no upsampling matrices", field="upsample", expected="coarse -> fine matrices")
+        for k, u in enumerate(self.upsample):
+            if u.dim() != 2:
+                raise InputError(f"shape {tuple(u.shape)}", field=f"upsample[{k}]", expected="a 2-D matrix")
+            if k and u.shape[1] != self.upsample[k - 1].shape[0]:
+                raise InputError(f"shape {tuple(u.shape)} does not follow {tuple(self.upsample[k - 1].shape)}",
+                                 field=f"upsample[{k}]", expected=f"({'n'}, {self.upsample[k - 1].shape[0]})")
+        vc, v = self.num_coarse, self.num_vertices
+        vi = self.vertex_init
+        if vi.dim() == 1:
+            if vi.shape[0] != vc or vi.dtype not in (torch.int64, torch.int32) or (
+                    vi.numel() and (int(vi.min()) < 0 or int(vi.max()) >= num_joints)):
+                raise InputError(f"shape {tuple(vi.shape)} dtype {vi.dtype}", field="vertex_init",
+                                 expected=f"({vc},) integer joint indices in [0, {num_joints})")
+        elif tuple(vi.shape) != (vc, num_joints):
+            raise InputError(f"shape {tuple(vi.shape)}", field="vertex_init",
+                             expected=f"({vc},) indices or ({vc}, {num_joints}) weights")
+        if tuple(self.joint_regressor.shape) != (num_joints, v):
+            raise InputError(f"shape {tuple(self.joint_regressor.shape)}", field="joint_regressor",
+                             expected=f"({num_joints}, {v})")
+        if self.coarse_offsets is not None and tuple(self.coarse_offsets.shape) != (vc, 3):
+            raise InputError(f"shape {tuple(self.coarse_offsets.shape)}", field="coarse_offsets",
+                             expected=f"({vc}, 3)")
+
+
+def _scipy_to_torch(m) -> torch.Tensor:
+    coo = m.tocoo()
+    idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=torch.float32), coo.shape,
+                                   check_invariants=True).coalesce()
+
+
+def random_mesh_assets(*, num_joints: int = 17, sizes: Sequence[int] = (6890, 1723, 431), nnz_per_row: int = 3,
+                       seed: int = 0) -> MeshAssets:
+    """Random assets with the real shapes (fine -> coarse ``sizes``): sparse U with ``nnz_per_row``
+    convex weights per row, a row-normalised regressor, nearest-joint indices. For tests and counting."""
+    g = torch.Generator().manual_seed(seed)
+    mats = []
+    for fine, coarse in itertools.pairwise(sizes):
+        cols = torch.randint(0, coarse, (fine, nnz_per_row), generator=g)
+        w = torch.rand(fine, nnz_per_row, generator=g) + 0.1
+        w = w / w.sum(1, keepdim=True)
+        rows = torch.arange(fine).repeat_interleave(nnz_per_row)
+        mats.append(torch.sparse_coo_tensor(torch.stack([rows, cols.reshape(-1)]), w.reshape(-1),
+                                            (fine, coarse), check_invariants=True).coalesce())
+    reg = torch.rand(num_joints, sizes[0], generator=g) * (torch.rand(num_joints, sizes[0], generator=g) < 0.01)
+    reg[:, 0] += 1e-3
+    reg = reg / reg.sum(1, keepdim=True)
+    vertex_init = torch.randint(0, num_joints, (sizes[-1],), generator=g)
+    return MeshAssets(upsample=tuple(reversed(mats)), vertex_init=vertex_init, joint_regressor=reg)
+
+
+def mesh_assets_from_hierarchy(hierarchy, template_vertices: np.ndarray, joint_regressor: np.ndarray, *,
+                               with_offsets: bool = False) -> MeshAssets:
+    """Assets from a :class:`hmrmamba.mesh_sampling.MeshHierarchy`, the template (V, 3) metres and the
+    joint regressor (J, V): U chain coarse -> fine, nearest joint of each coarse template vertex to the
+    regressed template joints, and (``with_offsets``) the coarse template minus its nearest joint."""
+    hierarchy.validate()
+    template = np.asarray(template_vertices, dtype=np.float64)
+    reg = np.asarray(joint_regressor, dtype=np.float64)
+    if template.shape != (hierarchy.sizes[0], 3):
+        raise InputError(f"shape {template.shape}", field="template_vertices", expected=f"({hierarchy.sizes[0]}, 3)")
+    if reg.ndim != 2 or reg.shape[1] != hierarchy.sizes[0]:
+        raise InputError(f"shape {reg.shape}", field="joint_regressor", expected=f"(J, {hierarchy.sizes[0]})")
+    coarse = template
+    for d in hierarchy.D:
+        coarse = d @ coarse
+    joints = reg @ template
+    coarse_t = torch.as_tensor(coarse, dtype=torch.float64)
+    joints_t = torch.as_tensor(joints, dtype=torch.float64)
+    nearest = nearest_joint_index(coarse_t, joints_t)
+    offsets = (coarse_t - joints_t[nearest]).float() if with_offsets else None
+    return MeshAssets(upsample=tuple(_scipy_to_torch(u) for u in reversed(hierarchy.U)), vertex_init=nearest,
+                      joint_regressor=torch.as_tensor(reg, dtype=torch.float32), coarse_offsets=offsets)
+
+
+# ----------------------------------------------------------------------------------------------
+# upsampling
+
+
+class MeshUpsampler(nn.Module):
+    """Coarse -> full mesh: x (N, Vc, 3) -> (N, V, 3).
+
+    ``mode``: ``"fixed"`` applies the given matrices (sparse, not trained, not saved);
+    ``"learnable"``: one linear layer per level (weight initialised to the dense matrix, bias 0);
+    ``"conv"``: PMCE's ``Conv1d(Vc, V, kernel_size=3)`` over the xyz axis, the centre tap initialised
+    to the product of the matrices and the side taps to 0.
+    """
+
+    def __init__(self, matrices: Sequence[torch.Tensor], mode: str = "learnable"):
+        super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise InputError(f"unknown upsample_mode {mode!r}", field="upsample_mode", expected=" | ".join(UPSAMPLE_MODES))
+        self.mode = mode
+        mats = [m.float().coalesce() if m.is_sparse else m.float() for m in matrices]
+        self.num_coarse = int(mats[0].shape[1])
+        self.num_vertices = int(mats[-1].shape[0])
+        if mode == "learnable":
+            self.levels = nn.ModuleList()
+            for m in mats:
+                lin = nn.Linear(m.shape[1], m.shape[0])
+                with torch.no_grad():
+                    lin.weight.copy_(m.to_dense() if m.is_sparse else m)
+                    lin.bias.zero_()
+                self.levels.append(lin)
+        elif mode == "conv":
+            prod = mats[0].to_dense() if mats[0].is_sparse else mats[0]
+            for m in mats[1:]:
+                prod = torch.sparse.mm(m, prod) if m.is_sparse else m @ prod
+            self.conv = nn.Conv1d(self.num_coarse, self.num_vertices, kernel_size=3, padding=1)
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.weight[:, :, 1].copy_(prod)
+                self.conv.bias.zero_()
+        else:
+            for k, m in enumerate(mats):
+                self.register_buffer(f"matrix_{k}", m if m.is_sparse else m.to_sparse().coalesce(), persistent=False)
+            self.num_levels = len(matrices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, Vc, 3) -> (N, V, 3)."""
+        if self.mode == "learnable":
+            h = x.transpose(1, 2)  # (N, 3, Vc)
+            for lin in self.levels:
+                h = lin(h)
+            return h.transpose(1, 2)
+        if self.mode == "conv":
+            return self.conv(x)
+        n, vc, c = x.shape
+        h = x.permute(1, 0, 2).reshape(vc, n * c)
+        dtype = h.dtype
+        for k in range(self.num_levels):
+            m = getattr(self, f"matrix_{k}")
+            h = torch.sparse.mm(m, h.to(m.dtype))
+        return h.to(dtype).view(-1, n, c).permute(1, 0, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# motion
+
+
+def explicit_motion(pose3d: torch.Tensor) -> torch.Tensor:
+    """M_exp: pose3d (B, T, J, 3) -> frame differences (B, T, J, 3), first frame zero."""
+    return torch.cat([torch.zeros_like(pose3d[:, :1]), pose3d[:, 1:] - pose3d[:, :-1]], dim=1)
+
+
+class ImplicitMotion(nn.Module):
+    """M_imp: feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, dim), image features corrected (FiLM) by motion."""
+
+    def __init__(self, *, num_joints: int, feat_dim: int, dim: int):
+        super().__init__()
+        self.feat_norm = nn.LayerNorm(feat_dim)
+        self.feat_proj = nn.Linear(feat_dim, dim)
+        self.motion_embed = nn.Linear(2 * num_joints * 3, dim)
+        self.film = nn.Linear(dim, 2 * dim)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor) -> torch.Tensor:
+        """feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, dim)."""
+        b, t = pose3d.shape[:2]
+        motion = torch.cat([pose3d, explicit_motion(pose3d)], -1).reshape(b, t, -1)
+        m = F.gelu(self.motion_embed(motion))
+        gamma, beta = self.film(m).chunk(2, dim=-1)
+        f = self.feat_proj(self.feat_norm(feats))
+        return F.layer_norm(f, f.shape[-1:]) * (1.0 + gamma) + beta
+
+
+class MotionAwareAttention(nn.Module):
+    """Eq. 12: feats (B, T, F), pose3d (B, T, J, 3) -> F_motion-aware (B, T, F)."""
+
+    def __init__(self, *, num_joints: int = 17, feat_dim: int = 2048, dim: int = 256, num_heads: int = 8,
+                 max_frames: int = 16, em: bool = True, im: bool = True):
+        super().__init__()
+        if not (em or im):
+            raise InputError("motion attention needs em or im", field="em/im", expected="at least one True")
+        if dim % num_heads:
+            raise InputError(f"motion_dim={dim} not divisible by motion_heads={num_heads}", field="motion_heads",
+                             expected="a divisor of motion_dim")
+        self.num_heads = num_heads
+        self.query_norm = nn.LayerNorm(feat_dim)
+        self.w_q = nn.Linear(feat_dim, dim)
+        self.explicit = nn.Linear(num_joints * 3, dim) if em else None
+        self.implicit = ImplicitMotion(num_joints=num_joints, feat_dim=feat_dim, dim=dim) if im else None
+        src = dim * (int(em) + int(im))
+        self.kv_norm = nn.LayerNorm(src)
+        self.w_k = nn.Linear(src, dim)
+        self.w_v = nn.Linear(src, dim)
+        self.time_pos = nn.Parameter(torch.zeros(1, max_frames, dim))
+        nn.init.trunc_normal_(self.time_pos, std=0.02)
+        self.w_o = nn.Linear(dim, feat_dim)
+        nn.init.zeros_(self.w_o.weight)
+        nn.init.zeros_(self.w_o.bias)
+
+    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor) -> torch.Tensor:
+        """feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, F)."""
+        b, t = feats.shape[:2]
+        parts = []
+        if self.explicit is not None:
+            parts.append(self.explicit(explicit_motion(pose3d).reshape(b, t, -1)))
+        if self.implicit is not None:
+            parts.append(self.implicit(feats, pose3d))
+        src = self.kv_norm(torch.cat(parts, -1))
+        pos = self.time_pos[:, :t]
+        h = self.num_heads
+        q = (self.w_q(self.query_norm(feats)) + pos).view(b, t, h, -1).transpose(1, 2)
+        k = (self.w_k(src) + pos).view(b, t, h, -1).transpose(1, 2)
+        v = self.w_v(src).view(b, t, h, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        return feats + self.w_o(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the network
+
+
+class MotionGuidedReconstructor(nn.Module):
+    """Eq. 6: pose3d (B, T, J, 3) metres, feats (B, T, F) -> :class:`ReconOutput` with vertices
+    (B, T, V, 3), joints (B, T, J, 3), coarse (B, T, Vc, 3) per frame."""
+
+    def __init__(self, *, upsample: Sequence[torch.Tensor], vertex_init: torch.Tensor,
+                 joint_regressor: torch.Tensor, coarse_offsets: torch.Tensor | None = None,
+                 num_joints: int = 17, feat_dim: int = 2048, max_frames: int = 16, context: str = "motion",
+                 em: bool = True, im: bool = True, motion_dim: int = 256, motion_heads: int = 8,
+                 gru_hidden: int = 1024, gru_layers: int = 2, context_dim: int | None = None,
+                 decoder_dim: int = 64, decoder_depth: int = 3, joint_heads: int = 8, vertex_heads: int = 2,
+                 decoder_mlp_ratio: float = 4.0, drop_path: float = 0.1, upsample_mode: str = "learnable",
+                 residual: str = "fine"):
+        super().__init__()
+        if context not in CONTEXTS:
+            raise InputError(f"unknown context {context!r}", field="context", expected=" | ".join(CONTEXTS))
+        if residual not in RESIDUAL_MODES:
+            raise InputError(f"unknown residual {residual!r}", field="residual", expected=" | ".join(RESIDUAL_MODES))
+        assets = MeshAssets(tuple(upsample), vertex_init, joint_regressor, coarse_offsets)
+        assets.validate(num_joints)
+        self.num_joints = num_joints
+        self.feat_dim = feat_dim
+        self.max_frames = max_frames
+        self.num_coarse = assets.num_coarse
+        self.num_vertices = assets.num_vertices
+
+        if context == "motion" and (em or im):
+            self.context = MotionAwareAttention(num_joints=num_joints, feat_dim=feat_dim, dim=motion_dim,
+                                                num_heads=motion_heads, max_frames=max_frames, em=em, im=im)
+            ctx_dim = feat_dim
+        elif context == "gru":
+            from hmrmamba.models.baselines import GRUContext
+
+            self.context = GRUContext(feat_dim=feat_dim, hidden=gru_hidden, num_layers=gru_layers)
+            ctx_dim = 2 * gru_hidden
+        else:
+            self.context = None
+            ctx_dim = feat_dim
+        if context_dim is not None and context_dim != ctx_dim:
+            self.context_proj = nn.Sequential(nn.Linear(ctx_dim, context_dim), nn.GELU())
+            ctx_dim = context_dim
+        else:
+            self.context_proj = None
+
+        self.register_buffer("vertex_init", vertex_init.clone() if vertex_init.dim() == 1 else vertex_init.float())
+        self.register_buffer("coarse_offsets", None if coarse_offsets is None else coarse_offsets.float().clone())
+        reg = joint_regressor.to_dense() if joint_regressor.is_sparse else joint_regressor
+        self.register_buffer("joint_regressor", reg.float().clone())
+        self.decoder = CoevolutionDecoder(num_joints=num_joints, num_vertices=self.num_coarse, dim=decoder_dim,
+                                          depth=decoder_depth, cond_dim=ctx_dim, joint_heads=joint_heads,
+                                          vertex_heads=vertex_heads, mlp_ratio=decoder_mlp_ratio,
+                                          drop_path=drop_path)
+        self.upsampler = MeshUpsampler(assets.upsample, upsample_mode)
+        self.residual_mode = residual
+        if residual == "none":
+            self.residual = None
+        else:
+            n = self.num_vertices if residual == "fine" else self.num_coarse
+            self.residual = nn.Linear(ctx_dim, 3 * n)  # (x | y | z) blocks, like PMCE's three heads
+            nn.init.zeros_(self.residual.weight)
+            nn.init.zeros_(self.residual.bias)
+
+    def _residual(self, cond: torch.Tensor, n_vertices: int) -> torch.Tensor:
+        """cond (N, D) -> (N, n_vertices, 3)."""
+        return self.residual(F.relu(cond)).view(-1, 3, n_vertices).transpose(1, 2)
+
+    def contextualise(self, pose3d: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The per-frame condition: pose3d (B, T, J, 3), feats (B, T, F) -> (B, T, D)."""
+        ctx = feats if self.context is None else self.context(feats, pose3d)
+        return ctx if self.context_proj is None else self.context_proj(ctx)
+
+    def forward(self, pose3d: torch.Tensor, feats: torch.Tensor) -> ReconOutput:
+        """pose3d (B, T, J, 3) metres, feats (B, T, F) -> ReconOutput (per-frame meshes)."""
+        if not isinstance(pose3d, torch.Tensor) or pose3d.dim() != 4 or pose3d.shape[2:] != (self.num_joints, 3) or not 1 <= pose3d.shape[1] <= self.max_frames:
+            raise InputError(f"has shape {tuple(pose3d.shape)}", field="pose3d",
+                             expected=f"(B, T<={self.max_frames}, {self.num_joints}, 3)")
+        b, t = pose3d.shape[:2]
+        if not isinstance(feats, torch.Tensor) or tuple(feats.shape) != (b, t, self.feat_dim):
+            got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise InputError(f"has shape {got}", field="feats", expected=f"(B, T, F) = {(b, t, self.feat_dim)}")
+        ctx = self.contextualise(pose3d, feats)  # (B, T, D)
+        n = b * t
+        cond = ctx.reshape(n, -1)
+        joints = pose3d.reshape(n, self.num_joints, 3)
+        coarse0 = init_coarse_vertices(joints, self.vertex_init, self.coarse_offsets)
+        coevo_joints, coarse = self.decoder(joints, coarse0, cond)
+        if self.residual_mode == "coarse":
+            coarse = coarse + self._residual(cond, self.num_coarse)
+        vertices = self.upsampler(coarse)
+        if self.residual_mode == "fine":
+            vertices = vertices + self._residual(cond, self.num_vertices)
+        mesh_joints = torch.einsum("jv,nvc->njc", self.joint_regressor.to(vertices.dtype), vertices)
+        return ReconOutput(vertices=vertices.view(b, t, self.num_vertices, 3),
+                           joints=mesh_joints.view(b, t, self.num_joints, 3),
+                           coarse=coarse.view(b, t, self.num_coarse, 3),
+                           coevo_joints=coevo_joints.view(b, t, self.num_joints, 3), context=ctx)

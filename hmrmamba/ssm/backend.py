@@ -1,0 +1,100 @@
+"""Choice between the pure-PyTorch selective scan and ``mamba_ssm``'s fused CUDA kernel.
+
+``backend`` is one of:
+
+- ``"torch"``: always :func:`hmrmamba.ssm.scan.selective_scan`.
+- ``"mamba_ssm"``: ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``; raises
+  :class:`BackendUnavailableError` when ``mamba_ssm`` cannot be imported or CUDA is absent.
+- ``"auto"``: the fused kernel when CUDA is available, the input is on CUDA and ``import mamba_ssm``
+  succeeds; the pure-PyTorch scan otherwise.
+
+``mamba_ssm`` is imported lazily, on the first question, never when this module is imported; the
+answer is cached. Its kernel has no ``initial_state`` argument, so a call that passes one (streaming
+inference) always runs the PyTorch scan; the two compute the same recurrence.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hmrmamba.errors import InputError
+from hmrmamba.ssm.scan import selective_scan
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "check_backend_name",
+    "mamba_ssm_available",
+    "resolve_backend",
+    "scan_with_backend",
+]
+
+BACKENDS = ("auto", "torch", "mamba_ssm")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The ``mamba_ssm`` backend was asked for explicitly but cannot run here."""
+
+
+@functools.lru_cache(maxsize=1)
+def _import_mamba_ssm() -> tuple[Callable[..., Any] | None, str]:
+    """Import mamba_ssm's ``selective_scan_fn`` once; return (fn or None, reason it failed)."""
+    try:
+        module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        return module.selective_scan_fn, ""
+    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError/RuntimeError from a broken CUDA build
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def mamba_ssm_available() -> bool:
+    """True when CUDA is available and ``mamba_ssm``'s selective scan imports (cached)."""
+    return torch.cuda.is_available() and _import_mamba_ssm()[0] is not None
+
+
+def check_backend_name(backend: str) -> str:
+    """Return ``backend`` if it is one of ``BACKENDS``; raise ``InputError`` otherwise."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}", field="backend", expected=" | ".join(BACKENDS))
+    return backend
+
+
+def resolve_backend(backend: str, x: torch.Tensor | None = None) -> str:
+    """Resolve ``auto|torch|mamba_ssm`` to ``torch`` or ``mamba_ssm`` for a tensor ``x`` (any shape)."""
+    check_backend_name(backend)
+    if backend == "torch":
+        return "torch"
+    if backend == "mamba_ssm":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError("backend='mamba_ssm' needs CUDA, but torch.cuda.is_available() "
+                                          "is False; use backend='auto' or 'torch'")
+        fn, reason = _import_mamba_ssm()
+        if fn is None:
+            raise BackendUnavailableError(
+                f"backend='mamba_ssm' but mamba_ssm cannot be imported ({reason}); install it with "
+                "`pip install --no-build-isolation -e .[cuda]` or use backend='auto' or 'torch'")
+        if x is not None and not x.is_cuda:
+            raise BackendUnavailableError(f"backend='mamba_ssm' needs CUDA tensors, got one on {x.device}")
+        return "mamba_ssm"
+    on_cuda = x is None or x.is_cuda
+    return "mamba_ssm" if on_cuda and mamba_ssm_available() else "torch"
+
+
+def scan_with_backend(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                      delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                      return_last_state: bool = False, initial_state: torch.Tensor | None = None,
+                      backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``selective_scan`` on the chosen backend. u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L)
+    -> out (B, D, L) [, last_state (B, D, N)]."""
+    which = resolve_backend(backend, u)
+    if which == "mamba_ssm" and initial_state is None:
+        fn = _import_mamba_ssm()[0]
+        return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                  return_last_state=return_last_state)
+    return selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          return_last_state=return_last_state, initial_state=initial_state)

@@ -1,0 +1,85 @@
+"""DVC stage ``evaluate``: Table-1 metrics of the trained model on the test split (PMCE/ARTS protocol)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hmrmamba.errors import MissingFileError
+from hmrmamba.layout import Layout
+from hmrmamba.stages.common import main as stage_main
+
+STAGE = "evaluate"
+
+
+def load_trained(path, layout: Layout, *, lift_only: bool):
+    """Rebuild a model from a checkpoint alone (its saved config), with the project's mesh assets."""
+    from hmrmamba.models.registry import build_from_config
+    from hmrmamba.train.checkpoint import model_from_checkpoint
+    from hmrmamba.train.experiment import load_mesh_assets
+
+    if not path.exists():
+        raise MissingFileError("checkpoint not found", file=path, expected="the output of the training stages")
+    assets = None if lift_only else load_mesh_assets(layout)[0]
+    return model_from_checkpoint(path, build=lambda cfg: build_from_config(cfg, assets=assets, lift_only=lift_only))
+
+
+def run(params: Mapping[str, Any], layout: Layout) -> dict:
+    import numpy as np
+    import torch
+
+    from hmrmamba.atomic import atomic_path
+    from hmrmamba.body_model import load_body_arrays, load_smpl
+    from hmrmamba.data.loading import load_split_arrays
+    from hmrmamba.evaluate import evaluate_predictions, predict_split, smpl_targets
+    from hmrmamba.plots import per_joint_bar
+    from hmrmamba.skeleton import H36M17, H36M_EVAL14
+    from hmrmamba.tracking import log_artifact
+    from hmrmamba.train.experiment import experiment_settings
+
+    p = params[STAGE]
+    exp = experiment_settings(params)
+    dataset = params.get("dataset", {}).get("name", "synthetic")
+    window = int(params["train_mesh"]["window"])
+    data = load_split_arrays(layout, p.get("split", "test"), detector=exp["detector"], with_smpl=True)
+    arrays = load_body_arrays(layout.body_model)
+    smpl = load_smpl(layout.body_model)
+    reg = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32)
+    gt_v, _, gt_pelvis = smpl_targets(smpl, reg, data.arrays["smpl_pose"], data.arrays["smpl_betas"],
+                                      data.arrays["smpl_trans"])
+    results: dict[str, Any] = {}
+    tables = {}
+    for name, ckpt_dir, lift_only in (("stage1", params["train_lift"]["checkpoint_dir"], True),
+                                      ("mesh", params["train_mesh"]["checkpoint_dir"], False)):
+        model, _ = load_trained(layout.root / ckpt_dir / "best.pt", layout, lift_only=lift_only)
+        pred = predict_split(model, data, length=window, batch_size=int(p.get("batch_size", 64)),
+                             lift_only=lift_only)
+        pelvis = None
+        if pred.vertices is not None:
+            smpl_reg = torch.as_tensor(arrays["J_regressor"][:1], dtype=torch.float32)
+            pelvis = torch.einsum("jv,nvc->njc", smpl_reg, torch.as_tensor(pred.vertices))[:, 0].numpy()
+        summary, per_seq, per_joint = evaluate_predictions(
+            pred, data, gt_mesh=(gt_v - gt_pelvis[:, None], None), pred_pelvis=pelvis)
+        results[name] = {k: round(v, 3) for k, v in summary.items()}
+        tables[name] = (per_seq, per_joint)
+    per_seq, per_joint = tables["mesh"]
+    seq_csv = layout.root / "metrics/eval_sequences.csv"
+    with atomic_path(seq_csv) as tmp:
+        per_seq.to_csv(tmp, index=False)
+    names = [H36M17.names[i] for i in H36M_EVAL14]
+    joint_png = layout.plot("per_joint_error.png")
+    per_joint_bar(joint_png, names, {"stage 1 (lifted pose)": tables["stage1"][1], "mesh": per_joint},
+                  title=f"Per-joint MPJPE on {dataset} test ({exp['variant']}, {exp['detector']} 2D)")
+    with atomic_path(layout.root / "plots/per_joint_error.csv") as tmp:
+        tmp.write_text("joint,stage1_mm,mesh_mm\n" + "".join(
+            f"{n},{a:.3f},{b:.3f}\n" for n, a, b in zip(names, tables["stage1"][1], per_joint)))
+    from hmrmamba.atomic import write_json
+
+    write_json(layout.root / "metrics/eval.json", {dataset: results["mesh"]})
+    for path in (seq_csv, joint_png):
+        log_artifact(path)
+    return {dataset: results["mesh"], "stage1": {dataset: results["stage1"]}, "variant": exp["variant"],
+            "detector": exp["detector"], "frames": int(len(data.arrays["kp2d"]))}
+
+
+if __name__ == "__main__":
+    stage_main(STAGE, run)

@@ -77,8 +77,12 @@ def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H3
 
     gt_mesh: (vertices (N,V,3) root-relative to the SMPL pelvis, None) when MPVPE is wanted;
     pred_pelvis: (N,3) SMPL pelvis of the predicted mesh (regressed by the caller).
+    Frames whose split field ``valid`` is False (3DPW ``campose_valid``, 3DHP ``valid_frame``) are
+    not scored; accelerations whose 3-frame stencil touches one are dropped.
     -> (summary {mpjpe, pa_mpjpe, mpvpe?, accel}, per-sequence table, per-joint MPJPE (J_eval,)).
     """
+    n = len(pred.pose3d)
+    valid = np.asarray(data.split.frames.get("valid", np.ones(n, bool)), dtype=bool)
     gt = data.arrays["joints3d"]                                   # (N,17,3) pelvis-centred
     joints = pred.joints if pred.joints is not None else pred.pose3d
     joints = joints - joints[:, :1]                                # pelvis-centred
@@ -86,7 +90,7 @@ def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H3
     p, g = torch.as_tensor(joints[:, idx], dtype=torch.float64), torch.as_tensor(gt[:, idx], dtype=torch.float64)
     per_frame = M.mpjpe(p, g).numpy()
     per_frame_pa = M.pa_mpjpe(p, g).numpy()
-    per_joint = (p - g).norm(dim=-1).mean(0).numpy() * 1000.0
+    per_joint = (p - g)[torch.as_tensor(valid)].norm(dim=-1).mean(0).numpy() * 1000.0
     per_frame_v = None
     if gt_mesh is not None and pred.vertices is not None and pred_pelvis is not None:
         pv = pred.vertices - pred_pelvis[:, None]
@@ -96,16 +100,19 @@ def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H3
     seqs = data.split.seqs
     for s, (a, n) in enumerate(zip(seqs["seq_start"], seqs["seq_len"])):
         sl = slice(int(a), int(a + n))
-        acc = M.accel_error(p[sl], g[sl]).numpy()
+        acc = M.accel_error(p[sl], g[sl], valid[sl]).numpy()
         accels.append(acc)
-        row = {"sequence": seqs["seq_name"][s], "frames": int(n), "mpjpe": float(per_frame[sl].mean()),
-               "pa_mpjpe": float(per_frame_pa[sl].mean()), "accel": float(acc.mean()) if acc.size else np.nan}
+        v = valid[sl]
+        row = {"sequence": seqs["seq_name"][s], "frames": int(v.sum()),
+               "mpjpe": float(per_frame[sl][v].mean()) if v.any() else np.nan,
+               "pa_mpjpe": float(per_frame_pa[sl][v].mean()) if v.any() else np.nan,
+               "accel": float(acc.mean()) if acc.size else np.nan}
         if per_frame_v is not None:
-            row["mpvpe"] = float(per_frame_v[sl].mean())
+            row["mpvpe"] = float(per_frame_v[sl][v].mean()) if v.any() else np.nan
         rows.append(row)
     all_acc = np.concatenate(accels)
-    summary = {"mpjpe": float(per_frame.mean()), "pa_mpjpe": float(per_frame_pa.mean()),
+    summary = {"mpjpe": float(per_frame[valid].mean()), "pa_mpjpe": float(per_frame_pa[valid].mean()),
                "accel": float(all_acc.mean()) if all_acc.size else float("nan")}
     if per_frame_v is not None:
-        summary["mpvpe"] = float(per_frame_v.mean())
+        summary["mpvpe"] = float(per_frame_v[valid].mean())
     return summary, pd.DataFrame(rows), per_joint

@@ -44,8 +44,14 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     arrays = load_body_arrays(layout.body_model)
     smpl = load_smpl(layout.body_model)
     reg = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32)
-    gt_v, _, gt_pelvis = smpl_targets(smpl, reg, data.arrays["smpl_pose"], data.arrays["smpl_betas"],
-                                      data.arrays["smpl_trans"])
+    # PMCE/ARTS protocol: 14 joints and MPVPE for H36M/3DPW/synthetic; all 17 joints, no mesh, for 3DHP
+    eval_joints = tuple(range(17)) if dataset == "3dhp" else H36M_EVAL14
+    has_mesh = bool(data.split.attrs.get("has_mesh_gt", True)) and dataset != "3dhp"
+    gt_mesh = None
+    if has_mesh:
+        gt_v, _, gt_pelvis = smpl_targets(smpl, reg, data.arrays["smpl_pose"], data.arrays["smpl_betas"],
+                                          data.arrays["smpl_trans"])
+        gt_mesh = (gt_v - gt_pelvis[:, None], None)
     results: dict[str, Any] = {}
     tables = {}
     for name, ckpt_dir, lift_only in (("stage1", params["train_lift"]["checkpoint_dir"], True),
@@ -58,14 +64,14 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
             smpl_reg = torch.as_tensor(arrays["J_regressor"][:1], dtype=torch.float32)
             pelvis = torch.einsum("jv,nvc->njc", smpl_reg, torch.as_tensor(pred.vertices))[:, 0].numpy()
         summary, per_seq, per_joint = evaluate_predictions(
-            pred, data, gt_mesh=(gt_v - gt_pelvis[:, None], None), pred_pelvis=pelvis)
+            pred, data, eval_joints=eval_joints, gt_mesh=gt_mesh, pred_pelvis=pelvis)
         results[name] = {k: round(v, 3) for k, v in summary.items()}
         tables[name] = (per_seq, per_joint)
     per_seq, per_joint = tables["mesh"]
     seq_csv = layout.root / "metrics/eval_sequences.csv"
     with atomic_path(seq_csv) as tmp:
         per_seq.to_csv(tmp, index=False)
-    names = [H36M17.names[i] for i in H36M_EVAL14]
+    names = [H36M17.names[i] for i in eval_joints]
     joint_png = layout.plot("per_joint_error.png")
     per_joint_bar(joint_png, names, {"stage 1 (lifted pose)": tables["stage1"][1], "mesh": per_joint},
                   title=f"Per-joint MPJPE on {dataset} test ({exp['variant']}, {exp['detector']} 2D)")

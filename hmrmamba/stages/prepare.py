@@ -1,10 +1,9 @@
-"""DVC stage ``prepare``: build the dataset splits as HDF5 (synthetic by default)."""
+"""DVC stage ``prepare``: build the dataset splits as HDF5 (synthetic by default, or a real benchmark)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
 from hmrmamba.stages.common import main as stage_main
 
@@ -16,9 +15,10 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.data.synthetic import SyntheticConfig, SyntheticMaker, subject_ids
 
     name = params.get("dataset", {}).get("name", "synthetic")
-    if name != "synthetic":
-        raise InputError(f"dataset '{name}' has no reader yet", file="params.yaml", field="dataset.name",
-                         expected="'synthetic'")
+    if name != "synthetic":  # real benchmarks (h36m, 3dpw, 3dhp): hmrmamba.data.real
+        from hmrmamba.data.real import prepare_real
+
+        return prepare_real(params, layout)
     cfg = SyntheticConfig.from_params(params["synthetic"])
     maker = SyntheticMaker(cfg, layout.body_model)
     subjects = subject_ids(cfg)

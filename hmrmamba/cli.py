@@ -7,6 +7,8 @@ Subcommands:
   convert-smpl  convert a real SMPL .pkl (chumpy inside) into the project's .npz, safely
   preview       contact sheet of a prepared split
   stage         run one pipeline stage (same as `python -m hmrmamba.stages.NAME`)
+  efficiency    Table 4: size, MACs, CPU speed, memory, scaling (the efficiency stage; --table reprints it)
+  compare       compare MLflow runs across variants: table, CSV and bar chart under plots/
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 from hmrmamba import __version__
 from hmrmamba.errors import InputError
 
-STAGES = ("body_model", "prepare", "detect2d", "features", "train_lift", "train_mesh", "evaluate")
+STAGES = ("body_model", "prepare", "detect2d", "features", "train_lift", "train_mesh", "evaluate",
+          "efficiency")
 
 
 def _root() -> Path | None:
@@ -40,7 +43,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [("hmrmamba", __version__), ("python", platform.python_version()), ("torch", torch.__version__)]
     for mod in ("numpy", "h5py", "smplx", "mlflow", "prefect", "dvc"):
         try:
-            rows.append((mod, importlib.import_module(mod).__version__))
+            rows.append((mod, _version(mod)))
         except Exception as exc:  # report, do not crash: info is for diagnosing installs
             rows.append((mod, f"not importable ({exc.__class__.__name__})"))
     rows.append(("cpu threads", str(torch.get_num_threads())))
@@ -63,6 +66,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _version(module: str) -> str:
+    """Installed distribution version (smplx has no ``__version__``), imported to prove it loads."""
+    from importlib.metadata import version
+
+    importlib.import_module(module)
+    return version(module)
 
 
 def _state(path: Path) -> str:
@@ -139,6 +150,48 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hmrmamba.compare import compare, markdown_table
+    from hmrmamba.config import find_project_root, load_params
+
+    root = find_project_root()
+    table, csv, png = compare(root=root, experiment=args.experiment, by=args.by, filter_string=args.filter,
+                              out_dir=args.output_dir, tracking=load_params(root / "params.yaml").get("tracking"))
+    print(markdown_table(table))
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+def cmd_efficiency(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from hmrmamba.config import find_project_root, load_params
+    from hmrmamba.efficiency import efficiency_table
+    from hmrmamba.errors import MissingFileError
+    from hmrmamba.layout import Layout
+    from hmrmamba.stages import efficiency
+    from hmrmamba.stages.common import execute
+
+    root = find_project_root()
+    if args.table:
+        path = Layout(root).metrics(efficiency.STAGE)
+        if not path.exists():
+            raise MissingFileError("no efficiency metrics yet", file=path,
+                                   expected="the output of `hmrmamba efficiency` or `dvc repro efficiency`")
+        print(efficiency_table(json.loads(path.read_text(encoding="utf-8"))))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(root / "params.yaml")
+    if args.quick:
+        params = {**params, efficiency.STAGE: {**params.get(efficiency.STAGE, {}), "quick": True}}
+    if args.threads is not None:
+        params = {**params, "runtime": {**params.get("runtime", {}), "threads": args.threads}}
+    execute(efficiency.STAGE, efficiency.run, root=root, params=params)  # logs the table
+    print(f"wrote {Layout(root).metrics(efficiency.STAGE)}; `hmrmamba efficiency --table` prints its table")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmrmamba", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -162,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="run one pipeline stage")
     p.add_argument("name", choices=STAGES)
     p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("compare", help="compare MLflow runs across variants (latest finished run each)")
+    p.add_argument("--experiment", default="evaluate", help="MLflow experiment (= stage name)")
+    p.add_argument("--by", default="variant", help="tag that names a row, e.g. variant or detector2d")
+    p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.flow = 'ablation'\"")
+    p.add_argument("--output-dir", default="plots", help="where compare_<experiment>_by_<by>.{csv,png} go")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("efficiency", help="Table 4: run the efficiency stage and print its table")
+    p.add_argument("--quick", action="store_true", help="one run each, T <= 243 (efficiency.quick)")
+    p.add_argument("--table", action="store_true", help="only print the table of metrics/efficiency.json")
+    p.add_argument("--threads", type=int, help="torch threads for this run (default: runtime.threads)")
+    p.set_defaults(fn=cmd_efficiency)
     return parser
 
 

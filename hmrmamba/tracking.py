@@ -93,7 +93,14 @@ def stage_run(stage: str, *, root: Path, params: Mapping[str, Any], tags: Mappin
     import mlflow
 
     uri = resolve_tracking_uri(root, tracking)
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow also exports the URI to the environment; undo that so a later stage in this process
+    # (another project, a Prefect worker) resolves its own store instead of inheriting this one
+    if user_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_env
     exp_id = _experiment_id(mlflow, stage, home_root(root) / "mlartifacts")
     all_tags = {"stage": stage, "git_sha": git_sha(root),
                 "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), **(tags or {})}

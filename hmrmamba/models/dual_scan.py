@@ -148,8 +148,7 @@ class DualScanMambaBlock(nn.Module):
 
     def __init__(self, dim: int, *, axis: str, scan: str = "dual", kinematic_order: Sequence[int] | None = None,
                  d_state: int = 16, d_conv: int = 4, expand: float = 2, mlp_ratio: float = 4.0,
-                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto",
-                 bidirectional: bool = False, gate_bias: float = 0.0):
+                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto"):
         super().__init__()
         if scan not in SCAN_MODES:
             raise InputError(f"unknown scan {scan!r}", field="scan", expected=" | ".join(SCAN_MODES))
@@ -167,15 +166,9 @@ class DualScanMambaBlock(nn.Module):
         mamba_kw = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend}
         self.norm1 = nn.LayerNorm(dim)
         if scan == "dual":
-            if bidirectional:
-                self.global_mamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
-                self.local_mamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
-            else:
-                self.global_mamba = Mamba(dim, **mamba_kw)
-                self.local_mamba = Mamba(dim, **mamba_kw)
+            self.global_mamba = Mamba(dim, **mamba_kw)
+            self.local_mamba = Mamba(dim, **mamba_kw)
             self.fusion_conv = nn.Conv1d(dim, dim, fusion_kernel, padding=fusion_kernel // 2)
-            if gate_bias:
-                nn.init.constant_(self.fusion_conv.bias, gate_bias)
         else:
             self.bimamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
         self.drop_path = DropPath(drop_path)

@@ -1,0 +1,325 @@
+"""What the flows share: params, checks before work, scratch projects per variant, the MLflow parent run,
+running stage graphs and variant chains, and Prefect artifacts.
+
+Variants (ablation rows, 2D detectors) each run in a scratch project ``<root>/outputs/flows/<flow>/<row>/``
+that holds their own ``params.yaml``, ``models/``, ``metrics/`` and ``plots/``, with ``data`` a symlink
+to ``<root>/data``. The stages then write exactly the files they write under DVC, with nothing shared
+between variants but the read-only data, and a rerun resumes each variant's checkpoints. All runs log to
+the project's MLflow store (``tracking.uri`` is made absolute for the scratch projects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture, as_completed, wait
+
+from hmrmamba.atomic import atomic_path
+from hmrmamba.config import find_project_root, flatten, home_root, load_params
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+from tasks.stages import run_chain, stage_task
+
+#: The stages that make the data every variant shares, in order.
+DATA_STAGES: tuple[str, ...] = ("body_model", "prepare", "detect2d", "features")
+#: The stages each variant runs on that data, in order: those that read the ``experiment`` section.
+CHAIN: tuple[str, ...] = ("train_lift", "train_mesh", "evaluate")
+SCRATCH = "outputs/flows"
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The project root: ``root`` (must hold params.yaml or conf/) or the nearest one above the cwd."""
+    if root is None:
+        return find_project_root()
+    path = Path(root).expanduser().resolve()
+    if not ((path / "params.yaml").is_file() or (path / "conf/config.yaml").is_file()):
+        raise InputError("not an hmrmamba project", file=path, field="root",
+                         expected="a directory holding params.yaml (or conf/config.yaml)")
+    return path
+
+
+def load_flow_params(root: Path, profile: str | None = None, overrides: Sequence[str] | None = None) -> dict:
+    """params.yaml of ``root`` as is, or, given a profile or overrides, composed from ``root/conf`` with Hydra."""
+    from hmrmamba.profiles import compose
+
+    if profile is None and not overrides:
+        return load_params(root / "params.yaml")
+    if profile is None:
+        profile = load_params(root / "params.yaml").get("profile", "default") if (root / "params.yaml").is_file() \
+            else "default"
+    return compose(root, profile, list(overrides or ()))
+
+
+def check_experiment(params: Mapping[str, Any], *, file: str = "params.yaml") -> dict[str, Any]:
+    """The experiment section, checked as training will use it (variant, detector, overrides) -> settings."""
+    from hmrmamba.models.registry import resolve_config
+    from hmrmamba.train.experiment import experiment_settings
+
+    exp = experiment_settings(params)
+    try:
+        resolve_config(exp["variant"], **exp["overrides"])
+    except InputError as exc:
+        raise InputError(str(exc), file=file, field="experiment.overrides",
+                         expected=f"overrides that variant {exp['variant']!r} takes") from None
+    return exp
+
+
+def tracking_uri(root: Path, params: Mapping[str, Any]) -> str:
+    """The MLflow store every run of the flow logs to (checked now: an unreachable server fails early)."""
+    from hmrmamba.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(root, params.get("tracking"))
+
+
+def pin_tracking(params: Mapping[str, Any], uri: str) -> dict[str, Any]:
+    """``params`` with ``tracking.uri`` set to ``uri``: every stage run of the flow lands in the store resolved
+    when the flow started (``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``, which would
+    otherwise steer later resolutions in the same process)."""
+    out = copy.deepcopy(dict(params))
+    out["tracking"] = {**dict(out.get("tracking") or {}), "uri": uri}
+    return out
+
+
+def flow_run_id() -> str:
+    """The id of the Prefect flow run in progress ('' outside one)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
+
+
+def default_parallel(params: Mapping[str, Any]) -> int:
+    """How many variants may train at once: CPU cores / ``runtime.threads``; 1 on a GPU or with threads 0."""
+    import torch
+
+    threads = int(params.get("runtime", {}).get("threads", 0) or 0)
+    if torch.cuda.is_available() or threads <= 0:
+        return 1
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def data_ready(root: Path) -> bool:
+    """True when the data stages have run in ``root`` (their metrics and the test features exist)."""
+    layout = Layout(root)
+    return all(layout.metrics(s).is_file() for s in DATA_STAGES) and layout.features("test").is_file()
+
+
+# -- MLflow parent run ------------------------------------------------------------------------------
+
+def ensure_experiments(root: Path, uri: str, names: Sequence[str]) -> None:
+    """Create the stage experiments up front, so their artifacts live in ``<root>/mlartifacts`` (not in a
+    scratch project, which would otherwise create them)."""
+    import mlflow
+
+    from hmrmamba import tracking
+
+    mlflow.set_tracking_uri(uri)
+    for name in names:
+        tracking._experiment_id(mlflow, name, home_root(root) / "mlartifacts")
+
+
+@contextlib.contextmanager
+def parent_run(*, root: Path, uri: str, flow_name: str, tags: Mapping[str, str],
+               params: Mapping[str, Any]) -> Iterator[str]:
+    """An MLflow run in experiment ``flow-<flow_name>`` for the whole flow -> its id.
+
+    Created with the client API, so no run is active in any thread: the stage runs name it as their parent
+    explicitly. It ends FINISHED, or FAILED when the block raises. The composed params are its artifact.
+    """
+    from mlflow.tracking import MlflowClient
+
+    name = f"flow-{flow_name}"
+    ensure_experiments(root, uri, [name])
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    run = client.create_run(exp.experiment_id, run_name=flow_name, tags=dict(tags))
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        client.log_dict(run_id, dict(params), "params.yaml")
+        yield run_id
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+
+
+def log_parent_artifacts(uri: str, run_id: str, paths: Sequence[Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+
+
+# -- running stages and variants ---------------------------------------------------------------------
+
+def run_graph(graph: Mapping[str, Sequence[str]], stages: Sequence[str], *, root: Path,
+              params: Mapping[str, Any], tags_for: Callable[[str], Mapping[str, str]], parent_run_id: str,
+              label: str = "main") -> dict[str, PrefectFuture]:
+    """Submit ``stages`` (a subset of ``graph``: stage -> upstream stages, in topological order), each after
+    its upstream stages; wait for all -> {stage: future}. A stage after a failed one does not run."""
+    futures: dict[str, PrefectFuture] = {}
+    for stage, upstream in graph.items():
+        if stage not in stages:
+            continue
+        futures[stage] = stage_task(stage).submit(
+            stage, root=root, params=params, label=label, tags=tags_for(stage), parent_run_id=parent_run_id,
+            wait_for=[futures[u] for u in upstream if u in futures])
+    wait(list(futures.values()))
+    return futures
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a comparison: its label, its ``experiment`` section and its MLflow tags.
+
+    Every stage run of the row is tagged ``model`` (the registry variant), ``detector2d``, ``variant`` (the
+    registry variant unless ``tags`` says otherwise, e.g. an ablation row's label) and ``tags``.
+    """
+
+    label: str
+    experiment: Mapping[str, Any]
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def slug(label: str) -> str:
+    """A label as a directory name: 'ga+em' -> 'ga-em'."""
+    return re.sub(r"[^a-z0-9_.]+", "-", label.lower()).strip("-.") or "variant"
+
+
+def variant_params(params: Mapping[str, Any], variant: Variant, uri: str) -> dict[str, Any]:
+    """``params`` with the variant's experiment section and an absolute tracking URI."""
+    out = pin_tracking(params, uri)
+    out["experiment"] = {"variant": variant.experiment["variant"], "detector": variant.experiment["detector"],
+                         "overrides": dict(variant.experiment.get("overrides") or {})}
+    return out
+
+
+def scratch_project(root: Path, flow_name: str, label: str, params: Mapping[str, Any]) -> Path:
+    """``<root>/outputs/flows/<flow>/<slug>/`` with ``data`` -> ``<root>/data`` and the variant's params.yaml."""
+    from hmrmamba.profiles import HEADER
+
+    path = root / SCRATCH / flow_name / slug(label)
+    path.mkdir(parents=True, exist_ok=True)
+    link, target = path / "data", (root / "data").resolve()
+    if link.is_symlink():
+        if link.resolve() != target:
+            link.unlink()
+    elif link.exists():
+        raise InputError("a real directory is in the way of the data link", file=link,
+                         expected=f"nothing, or a symlink to {target}")
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
+    with atomic_path(path / "params.yaml", suffix=".yaml") as tmp:
+        tmp.write_text(HEADER.format(profile=params.get("profile", "?")).replace(
+            "Generated from conf/", f"Written by flow '{flow_name}' for variant '{label}' from conf/")
+            + yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=None, width=100))
+    return path
+
+
+def run_variants(variants: Sequence[Variant], *, root: Path, flow_name: str, params: Mapping[str, Any],
+                 uri: str, base_tags: Mapping[str, str], parent_run_id: str, max_parallel: int
+                 ) -> dict[str, PrefectFuture]:
+    """Run :data:`CHAIN` for every variant in its scratch project, at most ``max_parallel`` at once.
+
+    -> {label: future of the chain task}. A failed variant does not stop the others.
+    """
+    queue = list(variants)
+    futures: dict[str, PrefectFuture] = {}
+    in_flight: list[PrefectFuture] = []
+    while queue or in_flight:
+        while queue and len(in_flight) < max_parallel:
+            v = queue.pop(0)
+            p = variant_params(params, v, uri)
+            project = scratch_project(root, flow_name, v.label, p)
+            model, detector = str(p["experiment"]["variant"]), str(p["experiment"]["detector"])
+            tags = {**base_tags, "variant": model, "model": model, "detector2d": detector, **v.tags}
+            fut = run_chain.submit(list(CHAIN), root=project, params=p, label=v.label, tags=tags,
+                                   parent_run_id=parent_run_id)
+            futures[v.label] = fut
+            in_flight.append(fut)
+        done = next(as_completed(in_flight))
+        in_flight.remove(done)
+    return futures
+
+
+# -- Prefect artifacts -------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly cell: numpy scalars to Python, NaN to None, long floats rounded."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
+    return value
+
+
+def table_records(table) -> list[dict[str, Any]]:
+    """A DataFrame as a list of JSON-friendly row dicts (for ``create_table_artifact``)."""
+    return [{str(k): _plain(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
+
+
+def metric_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """{stage: metrics} -> [{stage, metric, value}] for every number (nested names dotted)."""
+    return [{"stage": stage, "metric": k, "value": _plain(v)}
+            for stage, metrics in results.items()
+            for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def artifact_key(flow_name: str, what: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes: 'hmrmamba-<flow>-<what>'."""
+    return slug(f"hmrmamba-{flow_name}-{what}").replace("_", "-").replace(".", "-")
+
+
+def publish(flow_name: str, *, markdown: str, table: list[dict[str, Any]], table_name: str) -> dict[str, str]:
+    """Create the flow's markdown summary and table artifacts -> {what: key}."""
+    keys = {"summary": artifact_key(flow_name, "summary"), table_name: artifact_key(flow_name, table_name)}
+    create_markdown_artifact(markdown=markdown, key=keys["summary"], description=f"hmrmamba {flow_name} summary")
+    create_table_artifact(table=table, key=keys[table_name], description=f"hmrmamba {flow_name} {table_name}")
+    return keys
+
+
+def state_line(fut: PrefectFuture) -> tuple[str, str]:
+    """(state name, message shortened to one line) of a finished future."""
+    state = fut.state
+    msg = (state.message or "").splitlines()[0][:200] if state.message else ""
+    return state.name, msg
+
+
+class FlowFailed(RuntimeError):
+    """Some stage or variant of the flow failed; the message names them and their errors."""
+
+
+def raise_if_failed(futures: Mapping[str, PrefectFuture], what: str) -> None:
+    """Raise :class:`FlowFailed` naming each failed ``what`` with its error, and those that did not run."""
+    failed = {k: state_line(f)[1] for k, f in futures.items() if f.state.is_failed() or f.state.is_crashed()}
+    not_run = [k for k, f in futures.items() if not f.state.is_completed() and k not in failed]
+    if failed or not_run:
+        parts = [f"{what} {k} failed: {msg}" for k, msg in failed.items()]
+        if not_run:
+            parts.append(f"not run (an upstream {what} failed): {', '.join(not_run)}")
+        raise FlowFailed("; ".join(parts))
+
+
+def cli_call(prog: str, flow_fn: Callable[..., Any], **kwargs: Any) -> int:
+    """Call a flow from a script's ``main``: 0 done, 1 a stage or variant failed, 2 bad input."""
+    import sys
+
+    try:
+        flow_fn(**kwargs)
+    except InputError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except FlowFailed as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    return 0

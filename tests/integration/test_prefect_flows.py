@@ -1,0 +1,134 @@
+"""The Prefect flows on a real (ephemeral, subprocess) Prefect server with real MLflow stores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _rows(art) -> list[dict]:
+    return json.loads(art.data) if isinstance(art.data, str) else art.data
+
+
+@pytest.fixture(scope="module")
+def ablation_run(flow_project, own_mlflow_env):
+    """Two Table-3 rows in parallel on the flow project's data -> (root, state)."""
+    from flows.ablation import ablation
+
+    root, _ = flow_project
+    with own_mlflow_env():
+        state = ablation(root=str(root), rows=["ga+em", "full"], max_parallel=2, return_state=True)
+    return root, state
+
+
+def test_pipeline_flow_completes_every_stage_and_publishes_artifacts(flow_project, task_runs, artifact):
+    from flows.pipeline import with_upstream
+
+    root, state = flow_project
+    assert state.is_completed(), state.message
+    fid = state.state_details.flow_run_id
+    assert task_runs(fid) == {f"{s} [main]": ("Completed", "") for s in with_upstream("evaluate")}
+    summary = artifact("hmrmamba-pipeline-summary", fid)
+    assert summary.type == "markdown"
+    for stage in with_upstream("evaluate"):
+        assert f"| {stage} | Completed |" in summary.data
+    table = _rows(artifact("hmrmamba-pipeline-metrics", fid))
+    got = {(r["stage"], r["metric"]): r["value"] for r in table}
+    evaluate = json.loads(Layout(root).metrics("evaluate").read_text())
+    assert got[("evaluate", "synthetic.mpjpe")] == pytest.approx(evaluate["synthetic"]["mpjpe"])
+    assert got[("prepare", "test.sequences")] == 2
+    assert {s for s, _ in got} == set(with_upstream("evaluate"))
+
+
+def test_ablation_rows_run_in_their_own_projects_and_are_compared(ablation_run, task_runs, artifact):
+    root, state = ablation_run
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    expected = {"ga+em", "full"} | {f"{s} [{r}]" for s in ("train_lift", "train_mesh", "evaluate")
+                                     for r in ("ga+em", "full")}
+    assert runs == {name: ("Completed", "") for name in expected}
+    metrics = {}
+    for row, slug in (("ga+em", "ga-em"), ("full", "full")):
+        project = root / "outputs/flows/ablation" / slug
+        assert (project / "data").resolve() == (root / "data").resolve()
+        assert (project / "models/lift/best.pt").is_file() and (project / "models/mesh/best.pt").is_file()
+        exp = yaml.safe_load((project / "params.yaml").read_text())["experiment"]
+        assert exp["overrides"] == {"ga": True, "em": True, "im": row == "full"}
+        metrics[row] = json.loads((project / "metrics/evaluate.json").read_text())["synthetic"]
+    table = _rows(artifact("hmrmamba-ablation-comparison", state.state_details.flow_run_id))
+    assert [r["variant"] for r in table] == ["ga+em", "full"]
+    assert [(r["GA"], r["EM"], r["IM"]) for r in table] == [("✓", "✓", "✗"), ("✓", "✓", "✓")]
+    for r in table:
+        assert r["synthetic.mpjpe"] == pytest.approx(metrics[r["variant"]]["mpjpe"], abs=1e-3)
+    csv = (root / "plots/ablation.csv").read_text().splitlines()
+    assert csv[0].startswith("variant,GA,EM,IM,run_id") and len(csv) == 3
+    assert (root / "plots/ablation.png").read_bytes()[:4] == b"\x89PNG"
+    summary = artifact("hmrmamba-ablation-summary", state.state_details.flow_run_id).data
+    assert "| ga+em | Completed |" in summary and "synthetic.mpjpe" in summary
+
+
+def test_detector_flow_compares_by_detector(flow_project, task_runs, artifact):
+    from flows.detectors import detectors
+
+    root, _ = flow_project
+    state = detectors(root=str(root), detectors=["gt", "sh"], max_parallel=1, return_state=True)
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert all(s == ("Completed", "") for s in runs.values()) and len(runs) == 8
+    table = _rows(artifact("hmrmamba-detectors-comparison", state.state_details.flow_run_id))
+    assert [r["detector2d"] for r in table] == ["gt", "sh"]
+    for r in table:
+        ev = json.loads((root / "outputs/flows/detectors" / r["detector2d"] / "metrics/evaluate.json").read_text())
+        assert ev["detector"] == r["detector2d"]
+        assert r["synthetic.mpjpe"] == pytest.approx(ev["synthetic"]["mpjpe"], abs=1e-3)
+
+
+@pytest.mark.parametrize("call, match", [
+    ("ablation", r"rows.*unknown: \['nope'\]"),
+    ("detectors", r"detectors.*openpose"),
+    ("pipeline", r"experiment.variant.*unknown variant 'nope'"),
+    ("ablation-base", r"base.*'mlp'"),
+])
+def test_unknown_variant_or_detector_fails_before_any_work(flow_project, task_runs, call, match):
+    from flows.ablation import ablation
+    from flows.detectors import detectors
+    from flows.pipeline import pipeline
+
+    root, _ = flow_project
+    before = sorted(p.name for p in (root / "outputs/flows").glob("*/*")) if (root / "outputs").exists() else []
+    stamp = Layout(root).metrics("evaluate").stat().st_mtime_ns
+    fn, kwargs = {"ablation": (ablation, {"rows": ["full", "nope"]}),
+                  "detectors": (detectors, {"detectors": ["gt", "openpose"]}),
+                  "pipeline": (pipeline, {"overrides": ["experiment.variant=nope"]}),
+                  "ablation-base": (ablation, {"rows": ["ga"], "base": "mlp"})}[call]
+    state = fn(root=str(root), return_state=True, **kwargs)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=match):
+        state.result()
+    assert task_runs(state.state_details.flow_run_id) == {}
+    after = sorted(p.name for p in (root / "outputs/flows").glob("*/*")) if (root / "outputs").exists() else []
+    assert after == before
+    assert Layout(root).metrics("evaluate").stat().st_mtime_ns == stamp
+
+
+def test_a_failing_stage_is_a_failed_task_and_fails_the_flow(flow_project, task_runs, artifact):
+    from flows.pipeline import pipeline
+
+    root, _ = flow_project
+    state = pipeline(root=str(root), stages=["train_mesh", "evaluate"], return_state=True,
+                     overrides=["train_lift.checkpoint_dir=models/absent"])
+    assert state.is_failed()
+    assert "train_mesh failed" in state.message and "stage-1 checkpoint not found" in state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["train_mesh [main]"][0] == "Failed"
+    assert "MissingFileError" in runs["train_mesh [main]"][1] and "models/absent/best.pt" in runs["train_mesh [main]"][1]
+    assert runs["evaluate [main]"][0] == "NotReady"  # never ran
+    summary = artifact("hmrmamba-pipeline-summary", state.state_details.flow_run_id).data
+    assert "| train_mesh | Failed |" in summary

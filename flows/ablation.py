@@ -107,14 +107,9 @@ def ablation(root: str | None = None, profile: str | None = None, overrides: lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flows/ablation.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", help="project root (default: the nearest directory holding params.yaml)")
-    parser.add_argument("--profile", help="compose params from conf/ with this profile")
+    parser = common.comparison_parser("flows/ablation.py", __doc__.split("\n\n")[0], what="rows")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), help=f"rows to run (default: {' '.join(ROWS)})")
     parser.add_argument("--base", help="variant the rows modify (default: experiment.variant)")
-    parser.add_argument("--max-parallel", type=int, help="rows training at once")
-    parser.add_argument("--no-prepare-data", action="store_true", help="fail instead of making missing data")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train_lift.epochs=2")
     return parser
 
 

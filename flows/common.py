@@ -10,6 +10,7 @@ the project's MLflow store (``tracking.uri`` is made absolute for the scratch pr
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import math
@@ -35,6 +36,17 @@ DATA_STAGES: tuple[str, ...] = ("body_model", "prepare", "detect2d", "features")
 #: The stages each variant runs on that data, in order: those that read the ``experiment`` section.
 CHAIN: tuple[str, ...] = ("train_lift", "train_mesh", "evaluate")
 SCRATCH = "outputs/flows"
+
+
+def comparison_parser(prog: str, description: str, *, what: str) -> argparse.ArgumentParser:
+    """The options every comparison flow shares; the flow adds its own selection options."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--root", help="project root (default: the nearest directory holding params.yaml)")
+    parser.add_argument("--profile", help="compose params from conf/ with this profile")
+    parser.add_argument("--max-parallel", type=int, help=f"{what} training at once")
+    parser.add_argument("--no-prepare-data", action="store_true", help="fail instead of making missing data")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train_lift.epochs=2")
+    return parser
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:

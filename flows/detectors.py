@@ -61,14 +61,9 @@ def detectors(root: str | None = None, profile: str | None = None, overrides: li
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flows/detectors.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", help="project root (default: the nearest directory holding params.yaml)")
-    parser.add_argument("--profile", help="compose params from conf/ with this profile")
+    parser = common.comparison_parser("flows/detectors.py", __doc__.split("\n\n")[0], what="detectors")
     parser.add_argument("--detectors", nargs="+", help=f"2D sources to compare (default: {' '.join(DETECTORS)})")
     parser.add_argument("--variant", help="model variant (default: experiment.variant)")
-    parser.add_argument("--max-parallel", type=int, help="detectors training at once")
-    parser.add_argument("--no-prepare-data", action="store_true", help="fail instead of making missing data")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train_lift.epochs=2")
     return parser
 
 

@@ -1,4 +1,5 @@
 from pathlib import Path
+import subprocess
 
 import numpy as np
 import pytest
@@ -76,3 +77,12 @@ def test_sampled_cameras_fit_points_in_frame():
         cam = fit_in_frame(cam, pts, 128)
         uv = cam.project(cam.to_camera(pts))
         assert uv.min() >= 0 and uv.max() <= 128
+
+
+def test_dvc_lock_is_not_git_ignored():
+    """`dvc repro` refuses to write a git-ignored dvc.lock, so the ignore rules must leave it alone."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = subprocess.run(["git", "check-ignore", "-q", "dvc.lock"], cwd=root)
+    assert probe.returncode == 1, "dvc.lock is git-ignored; `dvc repro` would fail with 'dvc.lock is git-ignored'"

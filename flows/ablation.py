@@ -42,18 +42,12 @@ TABLE3: dict[str, dict[str, bool]] = {row_label(f): dict(f) for f in TABLE3_ABLA
 BASELINES = ("vanilla", "pmce")
 ROWS: tuple[str, ...] = (*TABLE3, *BASELINES)
 
-#: The PMCE-like baseline at the size of the CPU demo (the registry's ``pmce`` is paper size, 102.8M).
-PMCE_SMALL: dict[str, Any] = {"dim": 32, "depth": 1, "num_heads": 4, "gru_hidden": 64, "gru_layers": 1,
-                              "motion_dim": 32, "motion_heads": 4, "context_dim": 64, "decoder_dim": 16,
-                              "decoder_depth": 1, "joint_heads": 2, "vertex_heads": 1}
-
-
 def row_experiment(label: str, *, base: str, detector: str) -> dict[str, Any]:
     """The ``experiment`` section of one row.
 
     Table-3 rows switch GA/EM/IM on ``base``. ``vanilla`` is ``<base>-vanilla`` where registered, else ``base``
     with the bidirectional (non dual-scan) scan. ``pmce`` is the registry's ``pmce`` next to a paper-size base
-    (hmrmamba-*), else ``pmce`` shrunk to :data:`PMCE_SMALL`.
+    (hmrmamba-*), else the registry's ``pmce-tiny``.
     """
     if label in TABLE3:
         return {"variant": base, "detector": detector, "overrides": dict(TABLE3[label])}
@@ -63,7 +57,7 @@ def row_experiment(label: str, *, base: str, detector: str) -> dict[str, Any]:
         return {"variant": base, "detector": detector, "overrides": {"scan": "bi"}}
     if label == "pmce":
         paper = base.startswith("hmrmamba-")
-        return {"variant": "pmce", "detector": detector, "overrides": {} if paper else dict(PMCE_SMALL)}
+        return {"variant": "pmce" if paper else "pmce-tiny", "detector": detector, "overrides": {}}
     raise InputError(f"unknown ablation row {label!r}", field="rows", expected=f"names from {list(ROWS)}")
 
 

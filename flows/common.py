@@ -201,6 +201,8 @@ class Variant:
     label: str
     experiment: Mapping[str, Any]
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: other params of the row as dotted keys, e.g. {"train_lift.seed": 1}
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def slug(label: str) -> str:
@@ -209,10 +211,23 @@ def slug(label: str) -> str:
 
 
 def variant_params(params: Mapping[str, Any], variant: Variant, uri: str) -> dict[str, Any]:
-    """``params`` with the variant's experiment section and an absolute tracking URI."""
+    """``params`` with the variant's experiment section, its other params and an absolute tracking URI."""
     out = pin_tracking(params, uri)
     out["experiment"] = {"variant": variant.experiment["variant"], "detector": variant.experiment["detector"],
                          "overrides": dict(variant.experiment.get("overrides") or {})}
+    for dotted, value in variant.params.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise InputError(f"variant {variant.label!r} sets {dotted!r}", field=dotted,
+                                 expected=f"an existing params section {key!r}")
+            node[key] = dict(node[key])
+            node = node[key]
+        if leaf not in node:
+            raise InputError(f"variant {variant.label!r} sets unknown param {dotted!r}", field=dotted,
+                             expected=f"one of {sorted(node)}")
+        node[leaf] = value
     return out
 
 

@@ -39,6 +39,7 @@ GRAPH: dict[str, tuple[str, ...]] = {
     "train_mesh": ("body_model", "train_lift"),
     "evaluate": ("train_mesh",),
     "efficiency": (),
+    "report": ("evaluate", "efficiency"),
 }
 
 

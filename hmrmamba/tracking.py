@@ -128,3 +128,25 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def child_run(name: str, *, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """A run nested under the active run, in its experiment, inheriting its user tags.
+
+    Yields ``None`` (and logs nothing extra) when no run is active, so stage code can call it
+    unconditionally. The parent id is passed explicitly rather than relying on MLflow's
+    thread-local run stack.
+    """
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        yield None
+        return
+    inherited = {k: v for k, v in mlflow.get_run(parent.info.run_id).data.tags.items()
+                 if not k.startswith("mlflow.")}
+    with mlflow.start_run(run_name=name, experiment_id=parent.info.experiment_id,
+                          parent_run_id=parent.info.run_id, nested=True,
+                          tags={**inherited, **(tags or {})}) as run:
+        yield run

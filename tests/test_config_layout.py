@@ -86,3 +86,21 @@ def test_dvc_lock_is_not_git_ignored():
         pytest.skip("not a git checkout")
     probe = subprocess.run(["git", "check-ignore", "-q", "dvc.lock"], cwd=root)
     assert probe.returncode == 1, "dvc.lock is git-ignored; `dvc repro` would fail with 'dvc.lock is git-ignored'"
+
+
+def test_atomic_dir_swaps_in_on_success_and_leaves_the_old_on_error(tmp_path):
+    from hmrmamba.atomic import atomic_dir
+
+    out = tmp_path / "reports"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.md").write_text("one")
+    assert (out / "a.md").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "a.md").write_text("two")
+            raise RuntimeError("boom")
+    assert (out / "a.md").read_text() == "one"
+    with atomic_dir(out) as tmp:
+        (tmp / "b.md").write_text("three")
+    assert sorted(p.name for p in out.iterdir()) == ["b.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]

@@ -121,8 +121,8 @@ def test_sigkill_in_epoch_3_then_resume_equals_uninterrupted_run(tmp_path):
     assert logged == [1, 2, 3, 4]                          # log_fn saw every epoch exactly once
     ck_full, ck_killed = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
     assert ck_full["step"] == ck_killed["step"] == 32
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ck_full["extra"]["history"]]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in ck_killed["extra"]["history"]]
+    strip = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in ck_full["extra"]["history"]]
+    assert strip == [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in ck_killed["extra"]["history"]]
     assert sorted(p.name for p in killed.iterdir()) == ["best.pt", "history.csv", "last.pt", "log.jsonl"]
 
 

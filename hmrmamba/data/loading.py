@@ -77,3 +77,24 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
         for k in ("smpl_pose", "smpl_betas", "smpl_trans"):
             arrays[k] = split.frames[k].astype(np.float32)
     return SplitArrays(split=split, detector=detector, arrays=arrays)
+
+
+def select_sequences(data: SplitArrays, indices: list[int]) -> SplitArrays:
+    """The sequences ``indices`` of ``data`` as a split of their own (frames re-packed, in that order)."""
+    import dataclasses
+
+    seqs = data.split.seqs
+    n_seq = int(seqs["seq_start"].shape[0])
+    bad = [i for i in indices if not 0 <= int(i) < n_seq]
+    if bad or not indices:
+        raise InputError(f"sequence indices {list(indices)}", file=data.split.path, field="sequences",
+                         expected=f"a non-empty list of indices in [0, {n_seq})")
+    rows = np.concatenate([np.arange(int(seqs["seq_start"][i]), int(seqs["seq_start"][i] + seqs["seq_len"][i]))
+                           for i in indices])
+    lens = np.asarray([int(seqs["seq_len"][i]) for i in indices], dtype=seqs["seq_len"].dtype)
+    new_seqs = {k: np.asarray(v)[list(indices)] for k, v in seqs.items()}
+    new_seqs["seq_len"] = lens
+    new_seqs["seq_start"] = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(seqs["seq_start"].dtype)
+    frames = {k: np.asarray(v)[rows] for k, v in data.split.frames.items()}
+    split = dataclasses.replace(data.split, frames=frames, seqs=new_seqs)
+    return SplitArrays(split=split, detector=data.detector, arrays={k: v[rows] for k, v in data.arrays.items()})

@@ -121,6 +121,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                         "mlp_ratio": 2.0, "drop_path": 0.0, "frame_pose": True, "head": "joint",
                         "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
              "reconstructor": dict(_RECON_TINY)},
+    # The PMCE-like baseline at the CPU-demo size (transformer lifter, GRU image context).
+    "pmce-tiny": {**_PAPER_COMMON,
+                  "lifter": {"kind": "transformer", "dim": 32, "depth": 1, "num_heads": 4, "mlp_ratio": 2.0,
+                             "drop_path": 0.0, "use_conf": True},
+                  "reconstructor": {**_RECON_TINY, "context": "gru", "gru_hidden": 64, "gru_layers": 1}},
     # Trivial per-frame MLP lifter with the tiny reconstructor: the floor for the CPU demo.
     "mlp": {**_PAPER_COMMON,
             "lifter": {"kind": "mlp", "dim": 128, "depth": 2, "use_conf": True, "use_feats": True},

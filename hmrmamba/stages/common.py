@@ -38,9 +38,31 @@ def set_threads(params: Mapping[str, Any]) -> None:
         torch.set_num_threads(n)
 
 
+#: stages whose result depends on the model variant / the 2D source under test (tagged in MLflow)
+MODEL_STAGES = ("train_lift", "train_mesh", "evaluate", "report")
+
+
+def standard_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """The tags every run carries: profile, dataset, and for model stages the variant and 2D source."""
+    tags = {"profile": str(params.get("profile", "default")),
+            "dataset": str(params.get("dataset", {}).get("name", "synthetic"))}
+    exp = params.get("experiment", {})
+    if stage in MODEL_STAGES:
+        tags["variant"] = str(exp.get("variant", ""))
+        tags["detector2d"] = str(exp.get("detector", ""))
+    elif stage == "features":
+        tags["detector2d"] = str(params.get("features", {}).get("bbox_source", ""))
+    return tags
+
+
 def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mapping[str, Any] | None = None,
-            tags: Mapping[str, str] | None = None, log_to_mlflow: bool = True) -> dict:
-    """Run ``fn(params, layout)``; write ``metrics/<stage>.json`` and log it all to MLflow."""
+            tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+            log_to_mlflow: bool = True) -> dict:
+    """Run ``fn(params, layout)``; write ``metrics/<stage>.json`` and log it all to MLflow.
+
+    ``parent_run_id`` nests the stage run under a flow's run (explicit, so it is safe in Prefect's
+    worker threads where MLflow's active-run stack is not shared).
+    """
     from hmrmamba import tracking
 
     apply_offline_env()
@@ -48,12 +70,12 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
     params = params if params is not None else load_params(root / "params.yaml")
     set_threads(params)
     layout = Layout(root)
-    stage_tags = {"profile": str(params.get("profile", "default")),
-                  "dataset": str(params.get("dataset", {}).get("name", "synthetic")), **(tags or {})}
+    stage_tags = {**standard_tags(stage, params), **(tags or {})}
     t0 = time.perf_counter()
     if log_to_mlflow:
         with tracking.stage_run(stage, root=root, params=params.get(stage, {}) | {"seed": params.get("seed")},
-                                tags=stage_tags, tracking=params.get("tracking")):
+                                tags=stage_tags, tracking=params.get("tracking"),
+                                parent_run_id=parent_run_id):
             metrics = fn(params, layout)
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             tracking.log_metrics(metrics)

@@ -33,7 +33,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.evaluate import evaluate_predictions, predict_split, smpl_targets
     from hmrmamba.plots import per_joint_bar
     from hmrmamba.skeleton import H36M17, H36M_EVAL14
-    from hmrmamba.tracking import log_artifact
+    from hmrmamba.tracking import child_run, log_artifact, log_metrics
     from hmrmamba.train.experiment import experiment_settings
 
     p = params[STAGE]
@@ -83,6 +83,9 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     write_json(layout.root / "metrics/eval.json", {dataset: results["mesh"]})
     for path in (seq_csv, joint_png):
         log_artifact(path)
+    # one nested run per evaluated dataset, so runs over several datasets compare side by side
+    with child_run(dataset, tags={"dataset": dataset}):
+        log_metrics({**results["mesh"], **{f"stage1_{k}": v for k, v in results["stage1"].items()}})
     return {dataset: results["mesh"], "stage1": {dataset: results["stage1"]}, "variant": exp["variant"],
             "detector": exp["detector"], "frames": int(len(data.arrays["kp2d"]))}
 

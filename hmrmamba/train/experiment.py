@@ -15,6 +15,7 @@ import torch
 
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
+from hmrmamba.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,12 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     result = trainer.fit(resume=bool(p.get("resume", True)))
     last = result.history[-1]
     write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")
+    best_ckpt = ckpt_dir / "best.pt"
+    if p.get("log_checkpoint", True) and best_ckpt.exists() and is_main_process():
+        tracking.log_artifact(best_ckpt, "checkpoints")
     return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
             "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,
             "final_train_loss": last.get("train_loss"), "final_val_mpjpe": last.get("val_mpjpe"),
             "final_val_pa_mpjpe": last.get("val_pa_mpjpe"), "resumed": bool(result.resumed),
             "params_m": round(sum(x.numel() for x in model.parameters()) / 1e6, 4),
-            "train_windows": len(dataset), "seconds_per_epoch": float(np.mean([h.get("seconds", 0) for h in result.history]))}
+            "train_windows": len(dataset), "seconds_per_epoch": float(np.mean([h.get("epoch_seconds", 0) for h in result.history]))}

@@ -278,7 +278,7 @@ class Trainer:
             val_metrics = self._validate(module)
             if self.scheduler is not None:
                 self.scheduler.step()
-            local = {**train_metrics, **val_metrics, "lr": lr, "seconds": time.perf_counter() - t0}
+            local = {**train_metrics, **val_metrics, "lr": lr, "epoch_seconds": time.perf_counter() - t0}
             reduced = all_reduce_mean(local, ctx)
             row = {"epoch": epoch, **{k: reduced[k] for k in local}}          # natural column order
             if self.monitor not in row:
@@ -388,6 +388,6 @@ class Trainer:
         return {(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in raw.items()}
 
     def _log_epoch(self, row: Mapping[str, float], improved: bool) -> None:
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "seconds"))
-        log.info("epoch %d/%d  %s  (%.1f s)%s", row["epoch"], self.epochs, shown, row["seconds"],
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "epoch_seconds"))
+        log.info("epoch %d/%d  %s  (%.1f s)%s", row["epoch"], self.epochs, shown, row["epoch_seconds"],
                  f"  new best {self.monitor}" if improved else "")

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _dvc_upstream() -> dict[str, set[str]]:
     """stage -> the stages whose outputs it depends on, read from dvc.yaml."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    outs = {name: [next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])]
+    outs = {name: [next(iter(o)) if isinstance(o, dict) else o
+                   for o in (*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", []))]
             for name, spec in stages.items()}
 
     def produced_by(dep: str) -> set[str]:
@@ -85,8 +86,9 @@ def test_table3_rows_follow_the_registry():
             if label == "vanilla":
                 assert cfg["lifter"]["scan"] == "bi"
     assert row_experiment("vanilla", base="hmrmamba-s", detector="cpn")["variant"] == "hmrmamba-s-vanilla"
-    paper, small = (resolve_config("pmce", **row_experiment("pmce", base=b, detector="gt")["overrides"])
-                    for b in ("hmrmamba-s", "tiny"))
+    paper, small = (resolve_config(e["variant"], **e["overrides"])
+                    for e in (row_experiment("pmce", base=b, detector="gt") for b in ("hmrmamba-s", "tiny")))
+    assert row_experiment("pmce", base="tiny", detector="gt")["variant"] == "pmce-tiny"
     assert paper["lifter"]["dim"] == 256 and small["lifter"]["dim"] == 32
     assert small["lifter"]["kind"] == "transformer" and small["reconstructor"]["context"] == "gru"
 

@@ -1,0 +1,87 @@
+"""docs/results.md as a Prefect flow: train every run of the Table 1-3 analogues, then write the document.
+
+    python flows/results.py                               # the plan in params.yaml's `results` section
+    python flows/results.py --max-parallel 2 -- results.seeds=[0]
+
+Each distinct run (see :mod:`hmrmamba.results`) is a train_lift -> train_mesh -> evaluate chain in its own
+scratch project ``outputs/flows/results/<run>/`` (see :mod:`flows.common`), run as parallel tasks; a rerun
+resumes finished and half-finished runs from their checkpoints. The flow ends by writing
+``results.output`` (default ``docs/results.md``) and ``results.json`` beside it, and publishing the markdown
+as a Prefect artifact. ``hmrmamba results`` re-renders the document from the finished runs.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # before Prefect loads: it reads PREFECT_HOME (and creates it) on import
+    from flows import script_environment
+
+    script_environment("flows/results.py")
+
+import argparse
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import common
+from flows.pipeline import GRAPH
+from hmrmamba import results as R
+from hmrmamba.errors import InputError, MissingFileError
+
+FLOW = "results"
+
+
+def variants(plan: R.Plan) -> list[common.Variant]:
+    """Every distinct run of ``plan`` as a flow variant (its label names the scratch project)."""
+    return [common.Variant(r.label, r.experiment(), tags={"results_run": r.label}, params=r.params())
+            for r in plan.runs()]
+
+
+@flow(name="hmrmamba-results", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def results(root: str | None = None, profile: str | None = None, overrides: list[str] | None = None,
+            max_parallel: int | None = None, prepare_data: bool = True) -> str:
+    """Train the runs of the ``results`` plan that have not finished, then write the document -> its path."""
+    project = common.resolve_root(root)
+    params = common.load_flow_params(project, profile, overrides)
+    common.check_experiment(params)
+    plan = R.make_plan(params)
+    if max_parallel is not None and max_parallel < 1:
+        raise InputError(f"max_parallel={max_parallel}", field="max_parallel", expected="an integer >= 1")
+    uri = common.tracking_uri(project, params)
+    params = common.pin_tracking(params, uri)
+    need_data = not common.data_ready(project)
+    if need_data and not prepare_data:
+        raise MissingFileError("the data stages have not run", file=project / "data", field="prepare_data",
+                               expected="`dvc repro features` first, or prepare_data=True")
+    base_tags = {"flow": FLOW, "flow_run_id": common.flow_run_id()}
+    common.ensure_experiments(project, uri, [*(common.DATA_STAGES if need_data else ()), *common.CHAIN])
+    with common.parent_run(root=project, uri=uri, flow_name=FLOW, tags=base_tags, params=params) as pid:
+        if need_data:
+            data = common.run_graph(GRAPH, common.DATA_STAGES, root=project, params=params,
+                                    tags_for=lambda stage: base_tags, parent_run_id=pid)
+            common.raise_if_failed(data, "data stage")
+        futures = common.run_variants(variants(plan), root=project, flow_name=FLOW, params=params, uri=uri,
+                                      base_tags=base_tags, parent_run_id=pid,
+                                      max_parallel=max_parallel or common.default_parallel(params))
+        common.raise_if_failed(futures, "run")
+        path = R.write_document(project, params, command="python flows/results.py")
+        common.log_parent_artifacts(uri, pid, [path, path.with_suffix(".json")])
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=path.read_text(), key=common.artifact_key(FLOW, "summary"),
+                                 description="hmrmamba results (Tables 1-3 analogues)")
+    return str(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return common.comparison_parser("flows/results.py", __doc__.split("\n\n")[0], what="runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return common.cli_call("flows/results.py", results, root=args.root, profile=args.profile,
+                           overrides=args.overrides or None, max_parallel=args.max_parallel,
+                           prepare_data=not args.no_prepare_data)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""DVC stage ``report``: reports/report.md with the tables, curves and mesh pictures of the latest run."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hmrmamba.layout import Layout
+from hmrmamba.stages.common import main as stage_main
+
+STAGE = "report"
+
+
+def run(params: Mapping[str, Any], layout: Layout) -> dict:
+    from hmrmamba.atomic import atomic_dir
+    from hmrmamba.config import resolve_path
+    from hmrmamba.report import build_report
+    from hmrmamba.tracking import log_artifact
+
+    p = params.get(STAGE, {})
+    out_dir = resolve_path(layout.root, p.get("dir", "reports"), field="report.dir")
+    with atomic_dir(out_dir) as tmp:
+        summary = build_report(layout, params, out_dir=tmp, clips=int(p.get("clips", 3)),
+                               frames_per_clip=int(p.get("frames_per_clip", 4)))
+    summary["report"] = str(out_dir / "report.md")
+    for path in sorted(out_dir.iterdir()):
+        if path.suffix in (".md", ".png"):
+            log_artifact(path, "report")
+    return summary
+
+
+if __name__ == "__main__":
+    stage_main(STAGE, run)

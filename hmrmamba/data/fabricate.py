@@ -5,10 +5,13 @@ to end) on these: seeded, tiny, with plausible walking people and the real camer
 
 * :func:`write_mini_h36m` -- VideoPose3D's ``data_3d_h36m.npz`` (pickled dict of (N, 32, 3)
   world-frame mocap) and ``data_2d_h36m_<detector>.npz`` files (``gt`` is the exact projection
-  with the published cameras; ``cpn``/``detectron`` add seeded pixel noise; ``sh`` has 16 joints);
-* :func:`write_mini_3dpw` -- ``sequenceFiles/<split>/<seq>.pkl`` protocol-2 pickles with 3DPW's keys;
+  with the published cameras; ``cpn``/``detectron`` add seeded pixel noise; ``sh`` has 16 joints)
+  and, with ``videos=True``, tiny ``<S>/Videos/<action>.<camera id>.mp4`` videos of the figure;
+* :func:`write_mini_3dpw` -- ``sequenceFiles/<split>/<seq>.pkl`` protocol-2 pickles with 3DPW's keys
+  (with ``images=True`` also ``imageFiles/<seq>/image_%05d.jpg``);
 * :func:`write_mini_3dhp` -- ``mpi_inf_3dhp_test_set/TS*/annot_data.mat`` as MATLAB v7.3 (HDF5
-  with MATLAB's 512-byte header and reversed axes), or as a v5 ``.mat`` through scipy;
+  with MATLAB's 512-byte header and reversed axes), or as a v5 ``.mat`` through scipy (with
+  ``images=True`` also ``TS*/imageSequence/img_%06d.jpg``);
 * :func:`write_evil_pickle` -- a pickle that would run a shell command if a plain unpickler
   loaded it (the readers must refuse it).
 
@@ -119,6 +122,55 @@ def h36m17_to_mocap32(j17: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# tiny images of the figure (downscaled copies of the datasets' videos / frames)
+# --------------------------------------------------------------------------------------------
+
+
+def scaled_size(image_wh: Sequence[int], scale: float) -> tuple[int, int]:
+    """(width, height) of the original images -> (H, W) of a copy scaled by ``scale`` (rounded, >= 2)."""
+    return max(2, round(image_wh[1] * scale)), max(2, round(image_wh[0] * scale))
+
+
+def draw_keypoints(kp2d: np.ndarray, *, image_wh: Sequence[int], size_hw: Sequence[int],
+                   radius: float = 2.0) -> np.ndarray:
+    """kp2d: (n, J, 2) original px -> (n, H, W, 3) uint8 frames of size ``size_hw`` (downscaled copy).
+
+    A dark, slowly changing background with one coloured disc per joint, the keypoints mapped
+    with the pixel-centre convention ``(x + 0.5) * s - 0.5``.
+    """
+    kp = np.asarray(kp2d, dtype=np.float64)
+    height, width = int(size_hw[0]), int(size_hw[1])
+    sx, sy = width / image_wh[0], height / image_wh[1]
+    u = (kp[..., 0] + 0.5) * sx - 0.5
+    v = (kp[..., 1] + 0.5) * sy - 0.5
+    yy, xx = np.mgrid[0:height, 0:width]
+    colours = (np.stack([np.linspace(80, 255, kp.shape[1]), np.linspace(255, 80, kp.shape[1]),
+                         np.full(kp.shape[1], 200.0)], -1)).astype(np.uint8)
+    out = np.empty((kp.shape[0], height, width, 3), np.uint8)
+    for t in range(kp.shape[0]):
+        frame = np.empty((height, width, 3), np.uint8)
+        frame[..., 0] = (20 + 30 * xx / max(width - 1, 1)).astype(np.uint8)
+        frame[..., 1] = (20 + 30 * yy / max(height - 1, 1)).astype(np.uint8)
+        frame[..., 2] = 30 + t % 20
+        for j in range(kp.shape[1]):
+            frame[(xx - u[t, j]) ** 2 + (yy - v[t, j]) ** 2 <= radius**2] = colours[j]
+        out[t] = frame
+    return out
+
+
+def _write_jpgs(folder: Path, frames: np.ndarray, name: str, first: int = 0) -> list[Path]:
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t, frame in enumerate(frames):
+        path = folder / name.format(first + t)
+        iio.imwrite(path, frame, plugin="pillow", quality=95)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
 # Human3.6M (VideoPose3D)
 # --------------------------------------------------------------------------------------------
 
@@ -172,9 +224,16 @@ def write_mini_h36m(
     detectors: Sequence[str] = ("gt", "cpn", "detectron", "sh"),
     extra_2d_frames: int = 0,
     seed: int = 0,
+    videos: bool = False,
+    video_scale: float = 0.064,
+    video_cameras: Sequence[int] | None = None,
 ) -> MiniH36M:
     """A tiny Human3.6M in VideoPose3D's format under ``root``. Sequence lengths vary by action
     (``frames + 3 * action index``); 2D streams get ``extra_2d_frames`` more frames than the mocap.
+
+    ``videos=True`` also writes ``<S>/Videos/<action>.<camera id>.mp4`` (cameras ``video_cameras``,
+    default all four) at 50 fps with as many frames as the 2D streams: the exact ``gt`` keypoints
+    drawn on a copy downscaled by ``video_scale`` (64 x 64 px for the 1000 x 1002 cameras).
 
     The defaults (all seven subjects, all four 2D files) match ``datasets.h36m`` in
     ``conf/config.yaml``, so the pipeline runs on it with only ``dataset.name``/``root`` changed.
@@ -220,6 +279,20 @@ def write_mini_h36m(
         out.positions_2d[det] = p2d
         meta = SH_METADATA if det == "sh" else H36M_METADATA
         out.files[det] = save_object_npz(root / DETECTION_FILES[det], positions_2d=p2d, metadata=meta)
+    if videos:
+        from hmrmamba.data.frames import h36m_video_paths
+        from hmrmamba.data.h36m import H36M32_TO_17, SOURCE_FPS
+        from hmrmamba.video import write_video
+
+        for s, acts in pos3d.items():
+            for a, full in acts.items():
+                for c in range(NUM_CAMERAS) if video_cameras is None else video_cameras:
+                    cam = h36m_camera(s, c)
+                    kp = project(world_to_camera(full[:, list(H36M32_TO_17)], cam), cam)
+                    frames_ = draw_keypoints(kp, image_wh=cam.resolution,
+                                             size_hw=scaled_size(cam.resolution, video_scale))
+                    path = h36m_video_paths(root, s, a, cam.camera_id)[0]
+                    out.files[f"video:{s}/{a}/{cam.camera_id}"] = write_video(path, frames_, fps=SOURCE_FPS)
     return out
 
 
@@ -307,11 +380,16 @@ def write_mini_3dpw(
     invalid: Sequence[int] = (3, 4),
     seed: int = 0,
     body_model: str | Path | None = None,
+    images: bool = False,
+    image_scale: float = 1 / 30,
 ) -> MiniPW3D:
     """A tiny 3DPW: ``splits`` maps a sequenceFiles folder to the person counts of its sequences
     (default ``{"test": (1, 2), "train": (1,), "validation": (1,)}``). Frames in ``invalid`` have
     ``campose_valid = 0`` (person 0). With ``body_model`` (a body-model ``.npz``), jointPositions
-    come from that SMPL model; otherwise from a stick figure consistent with ``trans``."""
+    come from that SMPL model; otherwise from a stick figure consistent with ``trans``.
+
+    ``images=True`` also writes ``imageFiles/<seq>/image_%05d.jpg``, one per frame, downscaled by
+    ``image_scale`` (36 x 64 px), showing the first person's projected joints."""
     from scipy.spatial.transform import Rotation
 
     root = Path(root)
@@ -398,6 +476,14 @@ def write_mini_3dpw(
                 d["poses_60Hz"].append(np.repeat(pose, 2, axis=0))
                 d["trans_60Hz"].append(np.repeat(trans, 2, axis=0))
                 d["v_template_clothed"].append(np.zeros((16, 3)))
+            if images:
+                from hmrmamba.data.frames import PW3D_IMAGE, PW3D_IMAGE_DIR
+                from hmrmamba.data.pw3d import IMAGE_WH
+
+                op = d["poses2d"][0]  # (n, 3, 18) px + confidence of person 0
+                wh = IMAGE_WH if K[0, 2] < K[1, 2] else IMAGE_WH[::-1]
+                drawn = draw_keypoints(op[:, :2].transpose(0, 2, 1), image_wh=wh, size_hw=scaled_size(wh, image_scale))
+                _write_jpgs(root / PW3D_IMAGE_DIR / name, drawn, PW3D_IMAGE)
             path = root / "sequenceFiles" / folder / f"{name}.pkl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(pickle.dumps(d, protocol=2))
@@ -479,10 +565,13 @@ def write_mini_3dhp(
     invalid: Sequence[int] = (2, 7),
     drop: Sequence[str] = (),
     seed: int = 0,
+    images: bool = False,
+    image_scale: float = 1 / 32,
 ) -> Mini3DHP:
     """A tiny MPI-INF-3DHP test set. ``layout``: ``"h5py"`` (v7.3 as the real files: h5py reads
     ``annot3`` as (N, 1, 17, 3)), ``"matlab"`` (v7.3 holding MATLAB-order axes, (3, 17, 1, N)) or
-    ``"v5"`` (scipy ``savemat``). ``drop`` leaves fields out (e.g. ``("annot3",)``)."""
+    ``"v5"`` (scipy ``savemat``). ``drop`` leaves fields out (e.g. ``("annot3",)``). ``images=True``
+    also writes ``TS*/imageSequence/img_%06d.jpg`` (from 1), downscaled by ``image_scale``."""
     from hmrmamba.data.mpi3dhp import ANNOT_FILE, CAMERAS, TEST_DIR
 
     if layout not in ("h5py", "matlab", "v5"):
@@ -522,4 +611,10 @@ def write_mini_3dhp(
 
                 savemat(path, matlab)
         out.files[seq] = path
+        if images:
+            from hmrmamba.data.frames import MPI3DHP_IMAGE, MPI3DHP_IMAGE_DIR
+            from hmrmamba.data.mpi3dhp import IMAGE_WH
+
+            drawn = draw_keypoints(uv, image_wh=IMAGE_WH[seq], size_hw=scaled_size(IMAGE_WH[seq], image_scale))
+            _write_jpgs(path.parent / MPI3DHP_IMAGE_DIR, drawn, MPI3DHP_IMAGE, first=1)
     return out

@@ -301,3 +301,24 @@ def real_detections(params: Mapping[str, Any], layout, *, split: str, source: st
 
         return pw3d_openpose(data_root, PW3DConfig.from_params(opts), data=data)
     return None
+
+
+def image_root(params: Mapping[str, Any], root: Path) -> Path:
+    """Where the dataset's videos/images are: ``features.image_root``, else the dataset's root."""
+    from hmrmamba.config import resolve_path
+
+    value = (params.get("features") or {}).get("image_root")
+    if value:
+        return resolve_path(root, value, field="features.image_root")
+    return dataset_root(params, root)
+
+
+def real_frame_sources(params: Mapping[str, Any], layout, *, data) -> list:
+    """The images of every sequence of ``data`` (a read split of the configured real dataset).
+
+    -> one :class:`hmrmamba.data.frames.FrameSource` per sequence, laid out as the dataset ships
+    them (see :mod:`hmrmamba.data.frames`); nothing is opened here.
+    """
+    from hmrmamba.data.frames import frame_sources
+
+    return frame_sources(_check_name(params), image_root(params, layout.root), data)

@@ -31,8 +31,9 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/hmrmamba where
 
+# the fast suite plus the integration tests (real DVC, Prefect and MLflow on loopback)
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "(integration or not slow) and not gpu" -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" -q

@@ -89,3 +89,17 @@ def test_mesh_loss_weights():
     assert math.isclose(t["joint"].item(), math.sqrt(3) * 0.03, rel_tol=1e-9)
     manual = t["vertex"] + t["joint"] + 0.1 * t["normal"] + 20 * t["edge"]
     assert torch.allclose(t["total"], manual)
+
+
+def test_mesh_objective_supervises_evenly_spaced_frames():
+    import torch
+
+    from hmrmamba.errors import InputError
+    from hmrmamba.train.objectives import supervised_frames
+
+    assert supervised_frames(16, 4).tolist() == [0, 5, 10, 15]
+    assert supervised_frames(16, 1).tolist() == [0]
+    assert supervised_frames(16, None) is None and supervised_frames(16, 16) is None
+    assert torch.equal(supervised_frames(9, 3), torch.tensor([0, 4, 8]))
+    with pytest.raises(InputError, match="loss_frames"):
+        supervised_frames(16, 0)

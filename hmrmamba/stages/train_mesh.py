@@ -28,7 +28,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     faces = faces_tensor(arrays["f"])
 
     def objective(p: Mapping[str, Any], image_size: float):
-        return MeshObjective(weights=loss_weights(MeshLossWeights, p.get("loss")), targets=targets, faces=faces)
+        return MeshObjective(weights=loss_weights(MeshLossWeights, p.get("loss")), targets=targets, faces=faces,
+                             frames=p.get("loss_frames"))
 
     return train_stage(STAGE, params, layout, objective_factory=objective, lift_only=False, init_from=init)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hmrmamba.data.loading import SplitArrays
+from hmrmamba.errors import InputError
 from hmrmamba.evaluate import evaluate_predictions, predict_split
 from hmrmamba.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
 
@@ -60,17 +61,33 @@ class MeshObjective:
     weights: MeshLossWeights
     targets: MeshTargets
     faces: torch.Tensor
+    #: supervise this many evenly spaced frames of each window (None: all). The mesh terms cost
+    #: O(frames x 6,890 vertices) per window; the CPU demo profile uses 4 of 16.
+    frames: int | None = None
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = model(batch["kp2d"], batch["conf"], batch["feats"], lift_only=False)
         if self.targets.regressor.device != out.vertices.device:
             self.targets.to(out.vertices.device)
-        gt_v, gt_j = self.targets(batch["smpl_pose"], batch["smpl_betas"], batch["smpl_trans"])
-        pred_v = out.vertices - out.joints[:, :, :1]
-        pred_j = out.joints - out.joints[:, :, :1]
-        extra = tuple(x for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)
-        return mesh_loss(pred_v, gt_v, pred_j, gt_j, self.faces.to(pred_v.device), batch["mask"], self.weights,
-                         extra_joints=extra)
+        t = out.vertices.shape[1]
+        idx = supervised_frames(t, self.frames, device=out.vertices.device)
+        pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])  # noqa: E731
+        gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]), pick(batch["smpl_trans"]))
+        pred_v = pick(out.vertices - out.joints[:, :, :1])
+        pred_j = pick(out.joints - out.joints[:, :, :1])
+        extra = tuple(pick(x) for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)
+        return mesh_loss(pred_v, gt_v, pred_j, gt_j, self.faces.to(pred_v.device), pick(batch["mask"]),
+                         self.weights, extra_joints=extra)
+
+
+def supervised_frames(length: int, frames: int | None, *, device=None) -> torch.Tensor | None:
+    """Indices of ``frames`` evenly spaced frames of a ``length``-frame window (ends included); None = all."""
+    if frames is None or int(frames) >= length:
+        return None
+    if int(frames) < 1:
+        raise InputError(f"loss_frames={frames}", field="train_mesh.loss_frames",
+                         expected="null (all frames) or an integer >= 1")
+    return torch.linspace(0, length - 1, int(frames), device=device).round().long()
 
 
 def validation(data: SplitArrays, *, length: int, lift_only: bool, batch_size: int = 64):

@@ -182,3 +182,13 @@ def test_markdown_table_and_comparison_files(tmp_path):
     assert list(back["variant"]) == ["ga", "full"] and back["d.mpjpe"].tolist() == [50.126, 45.0]
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.png"]  # no temporaries left
+
+
+def test_serve_builds_one_deployment_per_flow_rooted_in_the_project(tmp_path):
+    from flows.serve import deployments
+
+    deps = deployments(ROOT, name="ci")
+    assert sorted(d.flow_name for d in deps) == ["hmrmamba-ablation", "hmrmamba-detectors", "hmrmamba-pipeline",
+                                                 "hmrmamba-results"]
+    assert {d.name for d in deps} == {"ci"}
+    assert all(d.parameters == {"root": str(ROOT)} for d in deps)

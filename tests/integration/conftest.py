@@ -52,13 +52,13 @@ def _own_mlflow_env():
         yield
 
 
-def make_project(path: Path, overrides: list[str] = TINY) -> Path:
-    """A project directory: conf/ copied from the checkout and params.yaml composed with ``overrides``."""
+def make_project(path: Path, overrides: list[str] = TINY, extra: tuple[str, ...] = ()) -> Path:
+    """A project directory: conf/ copied from the checkout and params.yaml composed with ``overrides`` + ``extra``."""
     from hmrmamba.profiles import compose, write_params
 
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "conf", path / "conf")
-    write_params(path, compose(path, "default", overrides))
+    write_params(path, compose(path, "default", [*overrides, *extra]))
     return path
 
 

@@ -1,4 +1,4 @@
-"""``dvc repro`` of the data stages with the real DVC CLI in a temporary git repository."""
+"""``dvc repro`` of the whole graph with the real DVC CLI in a temporary git repository."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_STAGES = ["body_model", "prepare", "detect2d", "features"]
+ALL_STAGES = [*DATA_STAGES, "train_lift", "train_mesh", "evaluate", "efficiency", "report"]
+#: Table 4 on tiny models and short clips (the paper-size models take minutes on 2 cores).
+QUICK_EFFICIENCY = ["efficiency.variants=[tiny,mlp]", "efficiency.frames=8", "efficiency.repeats=1",
+                    "efficiency.profile_rows=4", "efficiency.cuda=false",
+                    "efficiency.scaling.variants=[tiny,mlp]", "efficiency.scaling.frames=[4,8]",
+                    "efficiency.scaling.repeats=1", "efficiency.scaling.profile_frames=8",
+                    "efficiency.linear.variant=tiny", "efficiency.linear.frames=[8,16]",
+                    "efficiency.scan.batch=4", "efficiency.scan.dim=8", "efficiency.scan.length=12",
+                    "efficiency.scan.dstate=4", "efficiency.scan.repeats=1", "efficiency.scan.ref_batch=2",
+                    "report.clips=1", "report.frames_per_clip=2"]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -33,8 +43,12 @@ def repo(tmp_path, make_project) -> tuple[Path, dict[str, str]]:
     """A git + DVC repository with dvc.yaml, conf/, a tiny params.yaml and the package sources (DVC hashes
     them as stage dependencies; the stages import the installed package, PYTHONSAFEPATH keeps the copy off
     sys.path)."""
-    repo = make_project(tmp_path / "repo")
+    repo = make_project(tmp_path / "repo", extra=tuple(QUICK_EFFICIENCY))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    for dep in ("docs/results.md", "docs/results.json"):
+        if (ROOT / dep).is_file():
+            (repo / dep).parent.mkdir(exist_ok=True)
+            shutil.copy(ROOT / dep, repo / dep)
     shutil.copytree(ROOT / "hmrmamba", repo / "hmrmamba", ignore=shutil.ignore_patterns("__pycache__"))
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONSAFEPATH": "1",
@@ -47,34 +61,41 @@ def repo(tmp_path, make_project) -> tuple[Path, dict[str, str]]:
     return repo, env
 
 
-def test_dvc_repro_runs_the_data_stages_once_and_reruns_only_downstream_of_a_change(repo):
+def test_dvc_repro_runs_every_stage_once_and_reruns_only_downstream_of_a_change(repo):
     from hmrmamba.layout import Layout
 
     root, env = repo
-    first = _run(["dvc", "repro", "features"], root, env)
-    assert _ran(first) == DATA_STAGES
+    first = _run(["dvc", "repro"], root, env)
+    assert _ran(first) == ALL_STAGES
     lay = Layout(root)
     splits = ("train", "val", "test")
     outputs = [lay.body_model, lay.downsampling, *(lay.prepared(s) for s in splits),
                *(lay.detections(s) for s in splits), *(lay.features(s) for s in splits),
-               *(lay.metrics(s) for s in DATA_STAGES)]
+               *(lay.metrics(s) for s in ALL_STAGES), root / "metrics/eval.json", root / "metrics/eval_sequences.csv",
+               *(root / "models" / s / f for s in ("lift", "mesh") for f in ("best.pt", "last.pt")),
+               *(lay.plot(f) for f in ("train_lift_curve.csv", "train_lift_curve.png", "train_mesh_curve.csv",
+                                      "train_mesh_curve.png", "per_joint_error.png", "per_joint_error.csv")),
+               *(root / "reports" / f for f in ("report.md", "meshes.png", "accel_over_time.png"))]
     assert all(p.is_file() and p.stat().st_size > 0 for p in outputs), [p for p in outputs if not p.is_file()]
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert sorted(lock) == sorted(DATA_STAGES)
+    assert sorted(lock) == sorted(ALL_STAGES)
     assert lock["detect2d"]["params"]["params.yaml"]["detect2d"]["noise_scale"] == 2.0
+    report = (root / "reports/report.md").read_text()
+    assert "embedded synthetic dataset" in report and "![meshes](meshes.png)" in report
 
-    second = _run(["dvc", "repro", "features"], root, env)
+    second = _run(["dvc", "repro"], root, env)
     assert _ran(second) == [] and "Data and pipelines are up to date" in second
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["detect2d"]["noise_scale"] = 1.5
+    params["train_mesh"]["lr"] = 2e-3
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    before = {s: lay.metrics(s).stat().st_mtime_ns for s in DATA_STAGES}
-    third = _run(["dvc", "repro", "features"], root, env)
-    assert _ran(third) == ["detect2d", "features"]
-    assert all(lay.metrics(s).stat().st_mtime_ns == before[s] for s in ("body_model", "prepare"))
-    assert all(lay.metrics(s).stat().st_mtime_ns > before[s] for s in ("detect2d", "features"))
-    status = _run(["dvc", "status", "features"], root, env)
+    before = {s: lay.metrics(s).stat().st_mtime_ns for s in ALL_STAGES}
+    third = _run(["dvc", "repro"], root, env)
+    changed = ["train_mesh", "evaluate", "report"]
+    assert _ran(third) == changed
+    assert all(lay.metrics(s).stat().st_mtime_ns == before[s] for s in ALL_STAGES if s not in changed)
+    assert all(lay.metrics(s).stat().st_mtime_ns > before[s] for s in changed)
+    status = _run(["dvc", "status"], root, env)
     assert "up to date" in status
 
     import mlflow
@@ -83,6 +104,11 @@ def test_dvc_repro_runs_the_data_stages_once_and_reruns_only_downstream_of_a_cha
 
     mlflow.set_tracking_uri(local_store_uri(root))
     sha = _run(["git", "rev-parse", "HEAD"], root, env).strip()
-    runs = mlflow.search_runs(experiment_names=["detect2d"], order_by=["attributes.start_time ASC"])
-    assert list(runs["params.noise_scale"]) == ["2.0", "1.5"]
+    runs = mlflow.search_runs(experiment_names=["train_mesh"], order_by=["attributes.start_time ASC"])
+    assert list(runs["params.lr"].astype(float)) == [1e-3, 2e-3]
     assert set(runs["tags.git_sha"]) == {sha}
+    assert set(runs["tags.variant"]) == {"tiny"} and set(runs["tags.detector2d"]) == {"cpn"}
+    evals = mlflow.search_runs(experiment_names=["evaluate"])
+    nested = evals[evals["tags.mlflow.parentRunId"].notna()]
+    assert len(nested) == 2 and set(nested["tags.dataset"]) == {"synthetic"}
+    assert (nested["metrics.mpjpe"] > 0).all()

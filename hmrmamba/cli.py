@@ -9,6 +9,8 @@ Subcommands:
   stage         run one pipeline stage (same as `python -m hmrmamba.stages.NAME`)
   efficiency    Table 4: size, MACs, CPU speed, memory, scaling (the efficiency stage; --table reprints it)
   compare       compare MLflow runs across variants: table, CSV and bar chart under plots/
+  demo          meshes, an overlay video and pictures from a video (offline windows or --online)
+  export        meshes to OBJ/PLY/GLB, the body model template, or the model to TorchScript/ONNX
 """
 
 from __future__ import annotations
@@ -192,6 +194,45 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hmrmamba.demo.pipeline import run_demo, summary_line
+
+    detector = args.detector or ("keypoints" if args.keypoints else "mediapipe")
+    result = run_demo(args.video, args.out, checkpoint=args.checkpoint, detector=detector, keypoints=args.keypoints,
+                      online=args.online, ply=args.ply, obj=not args.no_obj, pictures=not args.no_pictures,
+                      render_size=args.render_size,
+                      focal=args.focal, detector_model=args.detector_model, progress=not args.quiet)
+    print(summary_line(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hmrmamba import export
+
+    if args.body_model:
+        from hmrmamba.layout import Layout
+
+        root = _root() or Path.cwd()
+        path = export.export_body_model(Layout(root).body_model if args.body_model is True else args.body_model,
+                                        args.out)
+        print(f"wrote {path}")
+        return 0
+    if args.torchscript or args.onnx:
+        from hmrmamba.demo.inference import load_inference
+
+        inf = load_inference(args.checkpoint)
+        path, how = export.export_model(inf.model, args.out, fmt="onnx" if args.onnx else "torchscript",
+                                        frames=args.frames)
+        print(f"wrote {path} ({inf.variant}, {how}, clips of {args.frames} frames; checked against the eager model)")
+        return 0
+    if not args.meshes or not args.format:
+        raise InputError("nothing to export", field="arguments",
+                         expected="--meshes DIR/meshes.npz --format obj|ply|glb, --body-model, --torchscript or --onnx")
+    paths = export.export_meshes(args.meshes, fmt=args.format, out=args.out)
+    print(f"wrote {paths[0] if len(paths) == 1 else f'{len(paths)} files in {args.out}'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmrmamba", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -226,6 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="only print the table of metrics/efficiency.json")
     p.add_argument("--threads", type=int, help="torch threads for this run (default: runtime.threads)")
     p.set_defaults(fn=cmd_efficiency)
+    p = sub.add_parser("demo", help="meshes, overlay video and pictures from a video file or frame folder")
+    p.add_argument("video", help="a video file (mp4/avi/...) or a folder of jpg/png frames")
+    p.add_argument("--out", required=True, help="output folder (replaced as a whole when the demo succeeds)")
+    p.add_argument("--checkpoint", help="mesh checkpoint (default: the train_mesh stage's best.pt)")
+    p.add_argument("--detector", choices=("mediapipe", "keypoints"),
+                   help="2D keypoints: MediaPipe Pose (hmrmamba[demo]) or --keypoints (default: keypoints if given)")
+    p.add_argument("--keypoints", help="npz with keypoints (N, 17, 2) px in H36M-17 order [and confidence (N, 17)]")
+    p.add_argument("--detector-model", help="MediaPipe pose_landmarker .task file (mediapipe without bundled model)")
+    p.add_argument("--online", action="store_true", help="stream frame by frame (a causal checkpoint, e.g. tiny-online)")
+    p.add_argument("--ply", action="store_true", help="also write per-frame PLY files")
+    p.add_argument("--no-obj", action="store_true", help="do not write per-frame OBJ files")
+    p.add_argument("--no-pictures", action="store_true", help="no overlay video, contact sheet or side view")
+    p.add_argument("--render-size", type=int, default=480, help="longest side of the pictures, px")
+    p.add_argument("--focal", type=float, help="focal length in px (default: the longer image side)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("export", help="meshes to OBJ/PLY/GLB, the body model, or the model to TorchScript/ONNX")
+    p.add_argument("--meshes", help="DIR/meshes.npz written by `hmrmamba demo`")
+    p.add_argument("--format", choices=("obj", "ply", "glb"), help="per-frame OBJ/PLY (a folder) or one GLB")
+    p.add_argument("--body-model", nargs="?", const=True, default=None,
+                   help="write the body model's template mesh (default: the project's data/body_model)")
+    p.add_argument("--torchscript", action="store_true", help="export the model with torch.jit.trace")
+    p.add_argument("--onnx", action="store_true", help="export the model to ONNX")
+    p.add_argument("--checkpoint", help="model checkpoint for --torchscript/--onnx (default: the mesh best.pt)")
+    p.add_argument("--frames", type=int, default=16, help="clip length the exported model takes")
+    p.add_argument("--out", required=True, help="output file (GLB, .obj/.ply/.glb, .pt, .onnx) or folder")
+    p.set_defaults(fn=cmd_export)
     return parser
 
 

@@ -4,15 +4,16 @@ registry (``build(name, **overrides)``). See docs/model.md."""
 
 from hmrmamba.models.baselines import GRUContext, MLPLifter, TransformerLifter
 from hmrmamba.models.coevolution import CoevolutionDecoder, init_coarse_vertices, nearest_joint_index
-from hmrmamba.models.dual_scan import DualScanMambaBlock, ScanLayout
+from hmrmamba.models.dual_scan import DualScanMambaBlock, ScanLayout, TemporalScanState
 from hmrmamba.models.ga_attention import GeometryAwareAttention
-from hmrmamba.models.lifter import GeometryAwareLifter, PoseEncoder, check_inputs
+from hmrmamba.models.lifter import GeometryAwareLifter, LifterState, PoseEncoder, check_inputs
 from hmrmamba.models.outputs import HMROutput, ModelOutput, ReconOutput
 from hmrmamba.models.reconstructor import (
     MeshAssets,
     MeshUpsampler,
     MotionAwareAttention,
     MotionGuidedReconstructor,
+    MotionState,
     explicit_motion,
     mesh_assets_from_hierarchy,
     random_mesh_assets,
@@ -21,6 +22,7 @@ from hmrmamba.models.registry import (
     TABLE3_ABLATIONS,
     VARIANTS,
     HMRMamba,
+    StreamState,
     build,
     build_from_config,
     resolve_config,
@@ -38,15 +40,19 @@ __all__ = [
                                            "GeometryAwareLifter",
                                            "HMRMamba",
                                            "HMROutput",
+                                           "LifterState",
                                                                                   "MLPLifter",
                                            "MeshAssets",
                                            "MeshUpsampler",
                                            "ModelOutput",
                                            "MotionAwareAttention",
                                            "MotionGuidedReconstructor",
+                                           "MotionState",
                                            "PoseEncoder",
                                            "ReconOutput",
                                            "ScanLayout",
+                                           "StreamState",
+                                           "TemporalScanState",
                                            "TransformerLifter",
                                            "build",
                                            "build_from_config",

@@ -11,6 +11,8 @@ spatial, kinematic     (B*T, J)                the joint set's kinematic scan or
 temporal, global       (B*J, T)                time (one joint per sequence)
 temporal, kinematic    (B, J*T)                joint by joint along the kinematic scan order,
                                                all frames of a joint before the next joint
+temporal, kinematic,   (B, T*J)                frame by frame; inside a frame the joints in the
+time-major (causal)                            kinematic scan order (the causal layout)
 =====================  =====================  =============================================
 
 The temporal kinematic layout is our reading of "processes temporal dynamics along kinematic
@@ -29,6 +31,13 @@ Block (pre-norm, like a transformer block)::
 
 The Conv1D runs along the global sequence axis (joint index or time), ``dim -> dim`` channels,
 ``fusion_kernel`` taps, "same" padding.
+
+Causal form (``causal=True``, temporal axis, dual scan only): no token depends on a later frame.
+The kinematic scan runs in the time-major layout (one sequence per clip, frame after frame), the
+fusion Conv1D is padded on the left only (taps at t-k+1..t) and the index-order scan is a forward
+Mamba over time already. Parameter names and shapes are those of the non-causal block. Its
+recurrent form, :meth:`DualScanMambaBlock.step`, takes one frame and a
+:class:`TemporalScanState` and gives the same output as the whole-clip ``forward``.
 """
 
 from __future__ import annotations
@@ -41,9 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm import BiMamba, Mamba
+from hmrmamba.ssm import BiMamba, Mamba, MambaState
 
-__all__ = ["AXES", "SCAN_MODES", "DropPath", "DualScanMambaBlock", "Mlp", "ScanLayout"]
+__all__ = ["AXES", "SCAN_MODES", "DropPath", "DualScanMambaBlock", "Mlp", "ScanLayout", "TemporalScanState"]
 
 SCAN_MODES = ("dual", "bi")
 AXES = ("spatial", "temporal")
@@ -88,11 +97,13 @@ class ScanLayout:
 
     ``axis``: ``"spatial"`` (sequences over joints, one per frame) or ``"temporal"``.
     ``order``: a joint permutation (kinematic scan order) or ``None`` for index/time order.
-    A temporal layout with an ``order`` is the joint-major "along kinematic chains" layout.
+    A temporal layout with an ``order`` is the joint-major "along kinematic chains" layout, or with
+    ``time_major`` the causal one: (B, T*J), frame after frame, joints in ``order`` inside a frame.
     """
 
     axis: str
     order: tuple[int, ...] | None = None
+    time_major: bool = False
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
@@ -128,13 +139,15 @@ class ScanLayout:
             return x.reshape(b * t, j, c)
         if self.order is None:
             return x.permute(0, 2, 1, 3).reshape(b * j, t, c)
+        if self.time_major:
+            return x.reshape(b, t * j, c)
         return x.permute(0, 2, 1, 3).reshape(b, j * t, c)
 
     def from_seq(self, y: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """y: (N, L, C) in this layout -> (B, T, J, C) in index order; ``shape`` is (B, T, J, C)."""
         b, t, j, _ = shape
         c = y.shape[-1]
-        if self.axis == "spatial":
+        if self.axis == "spatial" or (self.time_major and self.order is not None):
             x = y.reshape(b, t, j, c)
         else:
             x = y.reshape(b, j, t, c).permute(0, 2, 1, 3)
@@ -143,12 +156,26 @@ class ScanLayout:
         return x.contiguous()
 
 
+@dataclass
+class TemporalScanState:
+    """Recurrent state of a causal temporal block for B clips.
+
+    ``global_``: the index-order Mamba's state over B*J joint sequences; ``local``: the time-major
+    kinematic Mamba's state over B sequences; ``conv``: (B*J, C, k-1) the last k-1 frames of the
+    index-order scan's output, oldest first, for the left-padded fusion Conv1D.
+    """
+
+    global_: MambaState
+    local: MambaState
+    conv: torch.Tensor
+
+
 class DualScanMambaBlock(nn.Module):
     """Dual-Scan (or Vim bidirectional) Mamba block over one axis: x (B, T, J, C) -> (B, T, J, C)."""
 
     def __init__(self, dim: int, *, axis: str, scan: str = "dual", kinematic_order: Sequence[int] | None = None,
                  d_state: int = 16, d_conv: int = 4, expand: float = 2, mlp_ratio: float = 4.0,
-                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto"):
+                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto", causal: bool = False):
         super().__init__()
         if scan not in SCAN_MODES:
             raise InputError(f"unknown scan {scan!r}", field="scan", expected=" | ".join(SCAN_MODES))
@@ -159,10 +186,16 @@ class DualScanMambaBlock(nn.Module):
         if scan == "dual" and kinematic_order is None:
             raise InputError("scan='dual' needs the kinematic scan order", field="kinematic_order",
                              expected="a permutation of the joints (JointSet.scan_order)")
+        if causal and scan != "dual":
+            raise InputError(f"scan={scan!r} reads future frames and has no causal form", field="scan",
+                             expected="'dual' when causal=True")
         self.axis = axis
         self.scan = scan
+        #: causal in time: only meaningful on the temporal axis (a spatial block sees one frame)
+        self.causal = bool(causal) and axis == "temporal"
         self.global_layout = ScanLayout(axis)
-        self.local_layout = ScanLayout(axis, tuple(int(i) for i in kinematic_order)) if scan == "dual" else None
+        self.local_layout = (ScanLayout(axis, tuple(int(i) for i in kinematic_order), time_major=self.causal)
+                             if scan == "dual" else None)
         mamba_kw = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend}
         self.norm1 = nn.LayerNorm(dim)
         if scan == "dual":
@@ -175,11 +208,20 @@ class DualScanMambaBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    def _fuse(self, seq: torch.Tensor) -> torch.Tensor:
+        """SiLU(Conv1D) along the sequence: seq (N, L, C) -> (N, L, C); left padding only when causal."""
+        x = seq.transpose(1, 2)
+        if self.causal:
+            k = self.fusion_conv.kernel_size[0]
+            x = F.conv1d(F.pad(x, (k - 1, 0)), self.fusion_conv.weight, self.fusion_conv.bias)
+        else:
+            x = self.fusion_conv(x)
+        return F.silu(x).transpose(1, 2)
+
     def global_branch(self, h: torch.Tensor) -> torch.Tensor:
         """O_global after the gate, SiLU(Conv1D(Mamba_g(h))): h (B, T, J, C) -> (B, T, J, C)."""
         seq = self.global_mamba(self.global_layout.to_seq(h))  # (N, L, C)
-        seq = F.silu(self.fusion_conv(seq.transpose(1, 2))).transpose(1, 2)
-        return self.global_layout.from_seq(seq, h.shape)
+        return self.global_layout.from_seq(self._fuse(seq), h.shape)
 
     def local_branch(self, h: torch.Tensor) -> torch.Tensor:
         """O_local, the kinematic scan mapped back to index order: h (B, T, J, C) -> (B, T, J, C)."""
@@ -195,3 +237,38 @@ class DualScanMambaBlock(nn.Module):
         """x: (B, T, J, C) -> (B, T, J, C)."""
         x = x + self.drop_path(self.mix(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    # ------------------------------------------------------------------ streaming (causal temporal)
+    def allocate_state(self, batch: int, num_joints: int, *, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> TemporalScanState:
+        """Zero state for ``batch`` clips of ``num_joints`` joints (the state before frame 0)."""
+        if not self.causal:
+            raise InputError("only a causal temporal block has a recurrent form", field="causal",
+                             expected="DualScanMambaBlock(axis='temporal', causal=True)")
+        w = self.fusion_conv.weight
+        device = w.device if device is None else device
+        dtype = w.dtype if dtype is None else dtype
+        k = self.fusion_conv.kernel_size[0]
+        return TemporalScanState(
+            global_=self.global_mamba.allocate_state(batch * num_joints, device=device, dtype=dtype),
+            local=self.local_mamba.allocate_state(batch, device=device, dtype=dtype),
+            conv=torch.zeros(batch * num_joints, w.shape[0], k - 1, device=device, dtype=dtype))
+
+    def step(self, x: torch.Tensor, state: TemporalScanState) -> tuple[torch.Tensor, TemporalScanState]:
+        """One frame: x (B, 1, J, C), state -> (y (B, 1, J, C), new state); same as ``forward`` on the clip."""
+        if not self.causal:
+            raise InputError("only a causal temporal block has a recurrent form", field="causal",
+                             expected="DualScanMambaBlock(axis='temporal', causal=True)")
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise InputError(f"has shape {tuple(x.shape)}", field="x", expected="(B, 1, J, C): one frame")
+        b, _, j, c = x.shape
+        h = self.norm1(x)
+        g, g_state = self.global_mamba.step(h.reshape(b * j, 1, c), state.global_)  # (B*J, 1, C)
+        hist = torch.cat([state.conv, g.transpose(1, 2)], dim=-1)  # (B*J, C, k)
+        fused = F.silu(F.conv1d(hist, self.fusion_conv.weight, self.fusion_conv.bias))  # (B*J, C, 1)
+        glob = fused.reshape(b, 1, j, c)
+        loc, l_state = self.local_mamba.stream(self.local_layout.to_seq(h), state.local)  # (B, J, C)
+        loc = self.local_layout.from_seq(loc, h.shape)
+        x = x + self.drop_path(glob * loc)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, TemporalScanState(global_=g_state, local=l_state, conv=hist[..., 1:].contiguous())

@@ -24,6 +24,12 @@ Units: the keypoints are normalised to [-1, 1] over the feature map's extent, ``
 frame t's centre is (2t+1)/T - 1 on the time axis. Offsets are predicted in *cells* (map pixels) and
 *frames* and converted, so a zero offset samples exactly the reference and an offset of one frame
 samples exactly the next frame. Samples outside the clip/map read zeros (as Deformable DETR).
+
+Causal form (``lookback=L``): time offsets are clamped to ``[-L, 0]`` frames, so a token samples
+only its own and the L previous frames (linear interpolation between frames, zeros before frame
+0), global features only. Positions are absolute frame indices, independent of the clip length, so
+:meth:`GeometryAwareAttention.step` with a ring buffer of the last L+1 frames' values gives the
+same result as the whole clip. The offsets start with every head looking back.
 """
 
 from __future__ import annotations
@@ -44,8 +50,13 @@ class GeometryAwareAttention(nn.Module):
     spatial (B, T, F, h, w) -> (B, T, J, C)."""
 
     def __init__(self, dim: int, *, feat_dim: int = 2048, num_heads: int = 8, num_points: int = 4,
-                 image_query: bool = True, time_offset_init: float = 1.0, space_offset_init: float = 1.0):
+                 image_query: bool = True, time_offset_init: float = 1.0, space_offset_init: float = 1.0,
+                 lookback: int | None = None):
         super().__init__()
+        if lookback is not None and (isinstance(lookback, bool) or int(lookback) < 0):
+            raise InputError(f"lookback={lookback}", field="lookback", expected="None (non-causal) or >= 0 frames")
+        #: causal look-back in frames (None: the non-causal block)
+        self.lookback = None if lookback is None else int(lookback)
         if dim % num_heads:
             raise InputError(f"dim={dim} is not divisible by num_heads={num_heads}", field="ga_heads",
                              expected="a divisor of dim")
@@ -77,6 +88,8 @@ class GeometryAwareAttention(nn.Module):
         xy = xy / xy.abs().max(-1, keepdim=True)[0]  # (M, 2) on the unit square
         steps = torch.arange(1, k + 1, dtype=torch.float32)  # (K,)
         sign = torch.where(torch.arange(m) % 2 == 0, -1.0, 1.0)  # (M,)
+        if self.lookback is not None:  # causal: every head looks back
+            sign = -torch.ones(m)
         bias = torch.empty(m, k, 3)
         bias[..., :2] = xy[:, None, :] * steps[None, :, None] * space_step
         bias[..., 2] = sign[:, None] * (steps[None, :] - 1.0) * time_step
@@ -97,6 +110,8 @@ class GeometryAwareAttention(nn.Module):
 
         Samples ``spatial`` (B, T, F, h, w) when given, otherwise ``feats`` (B, T, F) along time.
         """
+        if self.lookback is not None:
+            return self._sample_causal(query, feats, spatial)
         b, t, j, c = query.shape
         m, k = self.num_heads, self.num_points
         ch = c // m
@@ -127,6 +142,72 @@ class GeometryAwareAttention(nn.Module):
         out = (sampled * attn).sum(-1)  # (B*M, ch, T*J)
         out = out.view(b, m, ch, t, j).permute(0, 3, 4, 1, 2).reshape(b, t, j, c)
         return self.output_proj(out)
+
+    # ------------------------------------------------------------------ causal sampling
+    def _time_taps(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clamped time offsets of a causal block: query (B, T, J, C) -> floor (B, M, T, J*K) int64,
+        fraction (B, M, T, J*K, 1) in [0, 1), attention weights (B, M, T, J*K, 1) (softmax over K)."""
+        b, t, j, _ = query.shape
+        m, k = self.num_heads, self.num_points
+        dt = self.sampling_offsets(query).view(b, t, j, m, k, 3)[..., 2].clamp(-float(self.lookback), 0.0)
+        weights = self.attention_weights(query).view(b, t, j, m, k).softmax(-1)
+        d0 = torch.floor(dt)
+        frac = dt - d0
+        to_heads = (lambda x: x.permute(0, 3, 1, 2, 4).reshape(b, m, t, j * k))
+        return to_heads(d0).long(), to_heads(frac).unsqueeze(-1), to_heads(weights).unsqueeze(-1)
+
+    def _combine(self, v0: torch.Tensor, v1: torch.Tensor, frac: torch.Tensor, attn: torch.Tensor,
+                 shape: tuple[int, int, int, int]) -> torch.Tensor:
+        """Interpolate and weight the taps: v0, v1 (B, M, T, J*K, ch) -> output_proj(...) (B, T, J, C)."""
+        b, t, j, c = shape
+        out = ((v0 * (1.0 - frac) + v1 * frac) * attn).view(b, self.num_heads, t, j, self.num_points, -1).sum(4)
+        return self.output_proj(out.permute(0, 2, 3, 1, 4).reshape(b, t, j, c))
+
+    def _sample_causal(self, query: torch.Tensor, feats: torch.Tensor | None,
+                       spatial: torch.Tensor | None) -> torch.Tensor:
+        """Causal eq. 8 on a whole clip: query (B, T, J, C), feats (B, T, F) -> (B, T, J, C)."""
+        if spatial is not None or feats is None:
+            raise InputError("a causal GA block samples global features over time only", field="feats",
+                             expected="feats (B, T, F) and no spatial maps")
+        b, t, j, c = query.shape
+        m, lb = self.num_heads, self.lookback
+        d0, frac, attn = self._time_taps(query)
+        value = self.value_proj(feats).view(b, t, m, c // m).transpose(1, 2)  # (B, M, T, ch)
+        value = F.pad(value, (0, 0, lb, 0))  # zeros for frames -lb..-1: (B, M, lb + T, ch)
+        frame = torch.arange(t, device=query.device).view(1, 1, t, 1)
+        i0 = (frame + d0 + lb).reshape(b, m, -1)  # row in the padded values
+        i1 = torch.minimum(frame + d0 + 1, frame).add(lb).reshape(b, m, -1)  # never past frame t
+        gather = (lambda idx: value.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, c // m))
+                  .view(b, m, t, -1, c // m))
+        return self._combine(gather(i0), gather(i1), frac, attn, (b, t, j, c))
+
+    def allocate_state(self, batch: int, *, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Zero value buffer (batch, lookback + 1, C) of a causal block: the frames before frame 0."""
+        if self.lookback is None:
+            raise InputError("only a causal GA block has a recurrent form", field="lookback",
+                             expected="GeometryAwareAttention(lookback=L)")
+        w = self.value_proj.weight
+        return torch.zeros(batch, self.lookback + 1, self.dim, device=w.device if device is None else device,
+                           dtype=w.dtype if dtype is None else dtype)
+
+    def step(self, x: torch.Tensor, feats: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame: x (B, 1, J, C), feats (B, 1, F), values (B, L+1, C) the last frames' projected
+        features (oldest first) -> (x + GA (B, 1, J, C), updated values)."""
+        if self.lookback is None:
+            raise InputError("only a causal GA block has a recurrent form", field="lookback",
+                             expected="GeometryAwareAttention(lookback=L)")
+        b, _, j, c = x.shape
+        m, lb = self.num_heads, self.lookback
+        values = torch.cat([values[:, 1:], self.value_proj(feats)], dim=1)  # (B, L+1, C), newest last
+        query = self.query(x, feats)
+        d0, frac, attn = self._time_taps(query)  # (B, M, 1, J*K)
+        value = values.view(b, lb + 1, m, c // m).transpose(1, 2)  # (B, M, L+1, ch)
+        i0 = (d0 + lb).reshape(b, m, -1)
+        i1 = torch.minimum(d0 + 1, torch.zeros_like(d0)).add(lb).reshape(b, m, -1)
+        gather = (lambda idx: value.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, c // m))
+                  .view(b, m, 1, -1, c // m))
+        return x + self._combine(gather(i0), gather(i1), frac, attn, (b, 1, j, c)), values
 
     def forward(self, x: torch.Tensor, keypoints: torch.Tensor, feats: torch.Tensor | None = None,
                 spatial: torch.Tensor | None = None) -> torch.Tensor:

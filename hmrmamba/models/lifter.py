@@ -23,20 +23,29 @@ information arriving only through the causal, multiplicatively gated scans (thei
 ~0.3 % of the residual stream); and per-frame global features of a few thousand training frames
 are memorised (val worse than the mean pose), especially under a per-sequence appearance shift.
 
+Causal form (``causal=True``, for streaming): no output depends on a later frame. The temporal
+blocks scan forward only (:class:`DualScanMambaBlock` ``causal``), GA samples only the current and
+the ``max_frames - 1`` previous frames, ``feat_centre`` subtracts the running mean of the frames so
+far instead of the clip mean, and there is no time position embedding (the scans carry time), so
+clips of any length are accepted. :meth:`GeometryAwareLifter.step` runs one frame from a
+:class:`LifterState` and matches the whole-clip ``forward`` to float rounding.
+
 The input checks shared by every lifter and the full model live here too (:func:`check_inputs`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from hmrmamba.errors import InputError
-from hmrmamba.models.dual_scan import DualScanMambaBlock
+from hmrmamba.models.dual_scan import DualScanMambaBlock, TemporalScanState
 from hmrmamba.models.ga_attention import GeometryAwareAttention
 from hmrmamba.skeleton import get_joint_set
 
-__all__ = ["GeometryAwareLifter", "JointHead", "PoseEncoder", "check_inputs"]
+__all__ = ["GeometryAwareLifter", "JointHead", "LifterState", "PoseEncoder", "check_inputs"]
 
 
 def _shape(x: object) -> str:
@@ -44,16 +53,16 @@ def _shape(x: object) -> str:
 
 
 def check_inputs(kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None,
-                 spatial: torch.Tensor | None = None, *, num_joints: int, feat_dim: int, max_frames: int,
+                 spatial: torch.Tensor | None = None, *, num_joints: int, feat_dim: int, max_frames: int | None,
                  need_feats: bool = True) -> None:
     """Raise ``InputError`` (a ValueError) naming the expected shapes unless kp2d (B, T, J, 2),
     conf (B, T, J) or None, feats (B, T, F), spatial (B, T, F, h, w) or None are consistent and finite
-    (values are not checked on the meta device, used for counting)."""
-    want = f"(B, T<={max_frames}, J={num_joints}, 2)"
+    (values are not checked on the meta device, used for counting). ``max_frames=None``: any T."""
+    want = f"(B, T<={max_frames}, J={num_joints}, 2)" if max_frames else f"(B, T, J={num_joints}, 2)"
     if not isinstance(kp2d, torch.Tensor) or kp2d.dim() != 4 or kp2d.shape[2:] != (num_joints, 2):
         raise InputError(f"has shape {_shape(kp2d)}", field="kp2d", expected=want)
     b, t = kp2d.shape[:2]
-    if b < 1 or not 1 <= t <= max_frames:
+    if b < 1 or t < 1 or (max_frames is not None and t > max_frames):
         raise InputError(f"has shape {_shape(kp2d)}", field="kp2d", expected=want)
     if conf is not None and (not isinstance(conf, torch.Tensor) or tuple(conf.shape) != (b, t, num_joints)):
         raise InputError(f"has shape {_shape(conf)}", field="conf", expected=f"(B, T, J) = {(b, t, num_joints)}")
@@ -66,6 +75,8 @@ def check_inputs(kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Ten
                                 or tuple(spatial.shape[:3]) != (b, t, feat_dim)):
         raise InputError(f"has shape {_shape(spatial)}", field="spatial",
                          expected=f"(B, T, F, h, w) with (B, T, F) = {(b, t, feat_dim)}")
+    if torch.compiler.is_exporting():  # values are symbolic while exporting
+        return
     for name, x in (("kp2d", kp2d), ("conf", conf), ("feats", feats), ("spatial", spatial)):
         if x is not None and x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
             raise InputError("contains NaN or Inf", field=name, expected="finite values")
@@ -76,8 +87,10 @@ class PoseEncoder(nn.Module):
 
     def __init__(self, dim: int, *, num_joints: int = 17, feat_dim: int = 2048, max_frames: int = 16,
                  use_conf: bool = True, use_feats: bool = True, frame_pose: bool = False,
-                 feat_centre: bool = False, feat_dropout: float = 0.0, feat_proj: int | None = None):
+                 feat_centre: bool = False, feat_dropout: float = 0.0, feat_proj: int | None = None,
+                 causal: bool = False):
         super().__init__()
+        self.causal = causal
         if not 0.0 <= feat_dropout < 1.0:
             raise InputError(f"feat_dropout={feat_dropout}", field="feat_dropout", expected="0 <= p < 1")
         if feat_proj is not None and feat_proj < 1:
@@ -93,9 +106,22 @@ class PoseEncoder(nn.Module):
         self.feat_embed = nn.Linear(self.feat_out, dim) if use_feats else None
         self.frame_embed = nn.Linear(num_joints * (3 if use_conf else 2), dim) if frame_pose else None
         self.joint_pos = nn.Parameter(torch.zeros(1, 1, num_joints, dim))
-        self.time_pos = nn.Parameter(torch.zeros(1, max_frames, 1, dim))
         nn.init.trunc_normal_(self.joint_pos, std=0.02)
-        nn.init.trunc_normal_(self.time_pos, std=0.02)
+        if causal:  # no absolute time: the causal scans carry it, and clips may be any length
+            self.time_pos = None
+        else:
+            self.time_pos = nn.Parameter(torch.zeros(1, max_frames, 1, dim))
+            nn.init.trunc_normal_(self.time_pos, std=0.02)
+
+    def running_centre(self, feats: torch.Tensor, feat_sum: torch.Tensor | None = None, count: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal centring: feats (B, T, F) minus the mean of all frames up to each one, continuing
+        from ``feat_sum`` (B, F) over ``count`` earlier frames -> (centred (B, T, F), new sum (B, F))."""
+        total = torch.cumsum(feats, dim=1)
+        if feat_sum is not None:
+            total = total + feat_sum.unsqueeze(1)
+        n = torch.arange(count + 1, count + 1 + feats.shape[1], device=feats.device, dtype=feats.dtype)
+        return feats - total / n.view(1, -1, 1), total[:, -1]
 
     def prepare_feats(self, feats: torch.Tensor | None, spatial: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -104,7 +130,11 @@ class PoseEncoder(nn.Module):
         encoder was built with ``use_feats=False``."""
         if not self.use_feats:
             return None, None
-        if self.feat_centre:  # per clip and channel: keep the change over time, drop the offset
+        if self.feat_centre and self.causal:
+            feats = self.running_centre(feats)[0]
+            if spatial is not None:
+                raise InputError("a causal encoder takes global features only", field="spatial", expected="None")
+        elif self.feat_centre:  # per clip and channel: keep the change over time, drop the offset
             feats = feats - feats.mean(1, keepdim=True)
             if spatial is not None:
                 spatial = spatial - spatial.mean(1, keepdim=True)
@@ -125,6 +155,12 @@ class PoseEncoder(nn.Module):
         when built with ``use_feats=False``) -> tokens (B, T, J, C); with ``return_feats`` also the
         prepared features (:meth:`prepare_feats` of feats and ``spatial``) for the GA blocks."""
         feats, spatial = self.prepare_feats(feats, spatial)
+        x = self.embed(kp2d, conf, feats)
+        return (x, feats, spatial) if return_feats else x
+
+    def embed(self, kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None) -> torch.Tensor:
+        """Tokens from kp2d (B, T, J, 2), conf (B, T, J) or None and *prepared* feats (B, T, F') or None
+        -> (B, T, J, C)."""
         t = kp2d.shape[1]
         inp = kp2d
         if self.use_conf:
@@ -135,8 +171,8 @@ class PoseEncoder(nn.Module):
             x = x + self.frame_embed(inp.flatten(2)).unsqueeze(2)
         if self.feat_embed is not None:
             x = x + self.feat_embed(feats).unsqueeze(2)
-        x = x + self.joint_pos + self.time_pos[:, :t]
-        return (x, feats, spatial) if return_feats else x
+        x = x + self.joint_pos
+        return x if self.time_pos is None else x + self.time_pos[:, :t]
 
 
 class JointHead(nn.Module):
@@ -158,6 +194,18 @@ class JointHead(nn.Module):
         return torch.einsum("btjc,jcd->btjd", self.hidden(x), self.weight) + self.bias
 
 
+@dataclass
+class LifterState:
+    """Recurrent state of a causal lifter for B clips after ``frames`` frames: one
+    :class:`TemporalScanState` and one GA value buffer (B, L+1, C) (or None) per layer, and the
+    running feature sum (B, F') for causal centring (or None)."""
+
+    frames: int
+    temporal: list[TemporalScanState]
+    ga_values: list[torch.Tensor | None]
+    feat_sum: torch.Tensor | None
+
+
 class GeometryAwareLifter(nn.Module):
     """STA-Mamba lifter: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)[, spatial (B, T, F, h, w)]
     -> P3D (B, T, J, 3)."""
@@ -168,7 +216,7 @@ class GeometryAwareLifter(nn.Module):
                  mlp_ratio: float = 4.0, fusion_kernel: int = 3, drop_path: float = 0.1,
                  use_conf: bool = True, backend: str = "auto", frame_pose: bool = False, head: str = "token",
                  use_feats: bool = True, feat_centre: bool = False, feat_dropout: float = 0.0,
-                 feat_proj: int | None = None):
+                 feat_proj: int | None = None, causal: bool = False):
         super().__init__()
         js = get_joint_set(joint_set)
         if js.num_joints != num_joints:
@@ -182,20 +230,27 @@ class GeometryAwareLifter(nn.Module):
         self.feat_dim = feat_dim  # input width; the encoder and GA see ``feat_proj`` channels if set
         self.max_frames = max_frames
         self.use_feats = use_feats
+        self.causal = bool(causal)
+        if self.causal and scan != "dual":
+            raise InputError(f"scan={scan!r} reads future frames and has no causal form", field="scan",
+                             expected="'dual' when causal=True")
         ga = ga and use_feats  # GA samples image features: nothing to sample without them
         self.encoder = PoseEncoder(dim, num_joints=num_joints, feat_dim=feat_dim, max_frames=max_frames,
                                    use_conf=use_conf, use_feats=use_feats, frame_pose=frame_pose,
-                                   feat_centre=feat_centre, feat_dropout=feat_dropout, feat_proj=feat_proj)
+                                   feat_centre=feat_centre, feat_dropout=feat_dropout, feat_proj=feat_proj,
+                                   causal=self.causal)
         rates = [drop_path * i / max(1, 2 * depth - 1) for i in range(2 * depth)]  # stochastic depth, linear
         block_kw = {"scan": scan, "kinematic_order": js.scan_order, "d_state": d_state, "d_conv": d_conv,
                     "expand": expand, "mlp_ratio": mlp_ratio, "fusion_kernel": fusion_kernel, "backend": backend}
         self.spatial_blocks = nn.ModuleList(
             [DualScanMambaBlock(dim, axis="spatial", drop_path=rates[2 * i], **block_kw) for i in range(depth)])
         self.ga_blocks = nn.ModuleList(
-            [GeometryAwareAttention(dim, feat_dim=self.encoder.feat_out, num_heads=ga_heads, num_points=ga_points)
+            [GeometryAwareAttention(dim, feat_dim=self.encoder.feat_out, num_heads=ga_heads, num_points=ga_points,
+                                    lookback=max_frames - 1 if self.causal else None)
              for _ in range(depth)]) if ga else None
         self.temporal_blocks = nn.ModuleList(
-            [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], **block_kw) for i in range(depth)])
+            [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], causal=self.causal, **block_kw)
+             for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = (nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3)) if head == "token"
                      else JointHead(dim, num_joints))
@@ -216,5 +271,51 @@ class GeometryAwareLifter(nn.Module):
         """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, F, h, w) or None
         -> P3D (B, T, J, 3) (eq. 11)."""
         check_inputs(kp2d, conf, feats, spatial, num_joints=self.num_joints, feat_dim=self.feat_dim,
-                     max_frames=self.max_frames, need_feats=self.use_feats)
+                     max_frames=None if self.causal else self.max_frames, need_feats=self.use_feats)
         return self.head(self.features(kp2d, conf, feats, spatial))
+
+    # ------------------------------------------------------------------ streaming (causal only)
+    def init_state(self, batch: int = 1, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> LifterState:
+        """The state before frame 0 of ``batch`` clips (a causal lifter only)."""
+        if not self.causal:
+            raise InputError("only a causal lifter runs frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        kw = {"device": device, "dtype": dtype}
+        ga = ([blk.allocate_state(batch, **kw) for blk in self.ga_blocks] if self.ga_blocks is not None
+              else [None] * len(self.temporal_blocks))
+        return LifterState(frames=0, temporal=[blk.allocate_state(batch, self.num_joints, **kw)
+                                               for blk in self.temporal_blocks],
+                           ga_values=ga, feat_sum=None)
+
+    def step(self, kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None,
+             state: LifterState) -> tuple[torch.Tensor, LifterState]:
+        """One frame: kp2d (B, 1, J, 2), conf (B, 1, J), feats (B, 1, F), state -> (P3D (B, 1, J, 3), new state)."""
+        if not self.causal:
+            raise InputError("only a causal lifter runs frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        check_inputs(kp2d, conf, feats, None, num_joints=self.num_joints, feat_dim=self.feat_dim, max_frames=1,
+                     need_feats=self.use_feats)
+        enc = self.encoder
+        feat_sum = state.feat_sum
+        prepared = None
+        if enc.use_feats:
+            prepared = feats
+            if enc.feat_centre:
+                prepared, feat_sum = enc.running_centre(feats, feat_sum, state.frames)
+            if enc.feat_drop is not None:
+                prepared = enc.feat_drop(prepared)
+            if enc.feat_proj is not None:
+                prepared = enc.feat_proj(prepared)
+        x = enc.embed(kp2d, conf, prepared)
+        temporal, ga_values = [], []
+        for i, (s_block, t_block) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
+            x = s_block(x)
+            values = state.ga_values[i]
+            if self.ga_blocks is not None:
+                x, values = self.ga_blocks[i].step(x, prepared, values)
+            ga_values.append(values)
+            x, t_state = t_block.step(x, state.temporal[i])
+            temporal.append(t_state)
+        pose = self.head(self.norm(x))
+        return pose, LifterState(frames=state.frames + 1, temporal=temporal, ga_values=ga_values, feat_sum=feat_sum)

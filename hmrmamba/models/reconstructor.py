@@ -21,6 +21,12 @@ Motion-aware attention (eq. 12), over time, ``num_heads`` heads::
 and the context is Fimg itself. The context keeps Fimg's width so that the decoder's conditioning
 and the residual head see it like PMCE's GRU feature.
 
+Causal form (``causal=True``, for streaming): the motion-aware attention of frame t attends to
+frames t-W+1..t only (W = ``max_frames``), with a learned embedding of each key's *age* t-s instead
+of absolute time (``Q = W_Q LN(Fimg) + E_0``, ``K_s = W_K LN(src_s) + E_{t-s}``), so clips of any
+length run and :meth:`MotionGuidedReconstructor.step` keeps only the last W frames' keys and values
+(:class:`MotionState`). Everything else is per frame or uses the previous frame (M_exp).
+
 Mesh assets (upsampling matrices, nearest-joint map, joint regressor) are constructor *tensors*
 (:class:`MeshAssets`), made from :mod:`hmrmamba.mesh_sampling` by :func:`mesh_assets_from_hierarchy`
 or at random for size/cost checks by :func:`random_mesh_assets`.
@@ -50,6 +56,7 @@ __all__ = [
     "MeshUpsampler",
     "MotionAwareAttention",
     "MotionGuidedReconstructor",
+    "MotionState",
     "explicit_motion",
     "mesh_assets_from_hierarchy",
     "random_mesh_assets",
@@ -223,8 +230,8 @@ class MeshUpsampler(nn.Module):
         h = x.permute(1, 0, 2).reshape(vc, n * c)
         dtype = h.dtype
         for k in range(self.num_levels):
-            m = getattr(self, f"matrix_{k}")
-            h = torch.sparse.mm(m, h.to(m.dtype))
+            m = getattr(self, f"matrix_{k}")  # dense in a model prepared for export (ONNX has no sparse mm)
+            h = torch.sparse.mm(m, h.to(m.dtype)) if m.is_sparse else m @ h.to(m.dtype)
         return h.to(dtype).view(-1, n, c).permute(1, 0, 2)
 
 
@@ -232,9 +239,11 @@ class MeshUpsampler(nn.Module):
 # motion
 
 
-def explicit_motion(pose3d: torch.Tensor) -> torch.Tensor:
-    """M_exp: pose3d (B, T, J, 3) -> frame differences (B, T, J, 3), first frame zero."""
-    return torch.cat([torch.zeros_like(pose3d[:, :1]), pose3d[:, 1:] - pose3d[:, :-1]], dim=1)
+def explicit_motion(pose3d: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """M_exp: pose3d (B, T, J, 3) -> frame differences (B, T, J, 3); the first frame's is zero, or
+    its difference to ``previous`` (B, J, 3), the frame before the clip (streaming)."""
+    first = torch.zeros_like(pose3d[:, :1]) if previous is None else pose3d[:, :1] - previous.unsqueeze(1)
+    return torch.cat([first, pose3d[:, 1:] - pose3d[:, :-1]], dim=1)
 
 
 class ImplicitMotion(nn.Module):
@@ -249,22 +258,37 @@ class ImplicitMotion(nn.Module):
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
 
-    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor) -> torch.Tensor:
-        """feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, dim)."""
+    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor, previous: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """feats (B, T, F), pose3d (B, T, J, 3)[, previous (B, J, 3)] -> (B, T, dim)."""
         b, t = pose3d.shape[:2]
-        motion = torch.cat([pose3d, explicit_motion(pose3d)], -1).reshape(b, t, -1)
+        motion = torch.cat([pose3d, explicit_motion(pose3d, previous)], -1).reshape(b, t, -1)
         m = F.gelu(self.motion_embed(motion))
         gamma, beta = self.film(m).chunk(2, dim=-1)
         f = self.feat_proj(self.feat_norm(feats))
         return F.layer_norm(f, f.shape[-1:]) * (1.0 + gamma) + beta
 
 
+@dataclass
+class MotionState:
+    """Streaming state of a causal reconstructor for B clips after ``frames`` frames: the previous
+    frame's pose (B, J, 3) (None before frame 0) and the last W frames' attention keys and values
+    (B, heads, W, d), oldest first (zeros before frame 0; masked by ``frames``)."""
+
+    frames: int
+    previous: torch.Tensor | None
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+
+
 class MotionAwareAttention(nn.Module):
     """Eq. 12: feats (B, T, F), pose3d (B, T, J, 3) -> F_motion-aware (B, T, F)."""
 
     def __init__(self, *, num_joints: int = 17, feat_dim: int = 2048, dim: int = 256, num_heads: int = 8,
-                 max_frames: int = 16, em: bool = True, im: bool = True):
+                 max_frames: int = 16, em: bool = True, im: bool = True, causal: bool = False):
         super().__init__()
+        self.causal = bool(causal)
+        self.window = int(max_frames)
         if not (em or im):
             raise InputError("motion attention needs em or im", field="em/im", expected="at least one True")
         if dim % num_heads:
@@ -285,15 +309,41 @@ class MotionAwareAttention(nn.Module):
         nn.init.zeros_(self.w_o.weight)
         nn.init.zeros_(self.w_o.bias)
 
-    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor) -> torch.Tensor:
-        """feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, F)."""
+    def _source(self, feats: torch.Tensor, pose3d: torch.Tensor, previous: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """LN([E(M_exp), M_imp]): feats (B, T, F), pose3d (B, T, J, 3)[, previous (B, J, 3)] -> (B, T, S)."""
         b, t = feats.shape[:2]
         parts = []
         if self.explicit is not None:
-            parts.append(self.explicit(explicit_motion(pose3d).reshape(b, t, -1)))
+            parts.append(self.explicit(explicit_motion(pose3d, previous).reshape(b, t, -1)))
         if self.implicit is not None:
-            parts.append(self.implicit(feats, pose3d))
-        src = self.kv_norm(torch.cat(parts, -1))
+            parts.append(self.implicit(feats, pose3d, previous))
+        return self.kv_norm(torch.cat(parts, -1))
+
+    def _causal_scores(self, q: torch.Tensor, k: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """q (B, h, Tq, d), k (B, h, Tk, d), ages (Tq, Tk) int64 (t - s; out of window: any) ->
+        scaled scores (B, h, Tq, Tk) with the age embedding, -inf outside 0 <= age < W."""
+        d = q.shape[-1]
+        pos = self.time_pos[0, :self.window].view(self.window, self.num_heads, d).transpose(0, 1)  # (h, W, d)
+        rel = torch.einsum("bhqd,hwd->bhqw", q, pos)  # (B, h, Tq, W)
+        inside = (ages >= 0) & (ages < self.window)
+        idx = ages.clamp(0, self.window - 1).expand(*rel.shape[:2], -1, -1)
+        scores = (q @ k.transpose(-1, -2) + rel.gather(-1, idx)) * d ** -0.5
+        return scores.masked_fill(~inside, float("-inf"))
+
+    def forward(self, feats: torch.Tensor, pose3d: torch.Tensor) -> torch.Tensor:
+        """feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, F)."""
+        b, t = feats.shape[:2]
+        src = self._source(feats, pose3d)
+        if self.causal:
+            h = self.num_heads
+            q = (self.w_q(self.query_norm(feats)) + self.time_pos[:, 0]).view(b, t, h, -1).transpose(1, 2)
+            k = self.w_k(src).view(b, t, h, -1).transpose(1, 2)
+            v = self.w_v(src).view(b, t, h, -1).transpose(1, 2)
+            frame = torch.arange(t, device=feats.device)
+            scores = self._causal_scores(q, k, frame[:, None] - frame[None, :])
+            out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
+            return feats + self.w_o(out)
         pos = self.time_pos[:, :t]
         h = self.num_heads
         q = (self.w_q(self.query_norm(feats)) + pos).view(b, t, h, -1).transpose(1, 2)
@@ -301,6 +351,32 @@ class MotionAwareAttention(nn.Module):
         v = self.w_v(src).view(b, t, h, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
         return feats + self.w_o(out)
+
+    def step(self, feats: torch.Tensor, pose3d: torch.Tensor, state: MotionState
+             ) -> tuple[torch.Tensor, MotionState]:
+        """One frame of the causal form: feats (B, 1, F), pose3d (B, 1, J, 3), state -> ((B, 1, F), new state)."""
+        if not self.causal:
+            raise InputError("only the causal motion attention runs frame by frame", field="causal",
+                             expected="MotionAwareAttention(causal=True)")
+        b = feats.shape[0]
+        h, w = self.num_heads, self.window
+        src = self._source(feats, pose3d, state.previous)
+        q = (self.w_q(self.query_norm(feats)) + self.time_pos[:, 0]).view(b, 1, h, -1).transpose(1, 2)
+        k_new = self.w_k(src).view(b, 1, h, -1).transpose(1, 2)  # (B, h, 1, d)
+        v_new = self.w_v(src).view(b, 1, h, -1).transpose(1, 2)
+        if state.keys is None:
+            keys = k_new.new_zeros(b, h, w, k_new.shape[-1])
+            values = torch.zeros_like(keys)
+        else:
+            keys, values = state.keys, state.values
+        keys = torch.cat([keys[:, :, 1:], k_new], dim=2)  # newest last
+        values = torch.cat([values[:, :, 1:], v_new], dim=2)
+        ages = torch.arange(w - 1, -1, -1, device=feats.device)
+        ages = torch.where(ages <= state.frames, ages, torch.full_like(ages, -1))  # slots before frame 0
+        scores = self._causal_scores(q, keys, ages.view(1, w))
+        out = (scores.softmax(-1) @ values).transpose(1, 2).reshape(b, 1, -1)
+        return feats + self.w_o(out), MotionState(frames=state.frames + 1, previous=pose3d[:, -1],
+                                                  keys=keys, values=values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,8 +394,12 @@ class MotionGuidedReconstructor(nn.Module):
                  gru_hidden: int = 1024, gru_layers: int = 2, context_dim: int | None = None,
                  decoder_dim: int = 64, decoder_depth: int = 3, joint_heads: int = 8, vertex_heads: int = 2,
                  decoder_mlp_ratio: float = 4.0, drop_path: float = 0.1, upsample_mode: str = "learnable",
-                 residual: str = "fine"):
+                 residual: str = "fine", causal: bool = False):
         super().__init__()
+        if causal and context == "gru":
+            raise InputError("the bidirectional GRU context reads future frames and has no causal form",
+                             field="context", expected="'motion' or 'none' when causal=True")
+        self.causal = bool(causal)
         if context not in CONTEXTS:
             raise InputError(f"unknown context {context!r}", field="context", expected=" | ".join(CONTEXTS))
         if residual not in RESIDUAL_MODES:
@@ -334,7 +414,8 @@ class MotionGuidedReconstructor(nn.Module):
 
         if context == "motion" and (em or im):
             self.context = MotionAwareAttention(num_joints=num_joints, feat_dim=feat_dim, dim=motion_dim,
-                                                num_heads=motion_heads, max_frames=max_frames, em=em, im=im)
+                                                num_heads=motion_heads, max_frames=max_frames, em=em, im=im,
+                                                causal=self.causal)
             ctx_dim = feat_dim
         elif context == "gru":
             from hmrmamba.models.baselines import GRUContext
@@ -377,16 +458,46 @@ class MotionGuidedReconstructor(nn.Module):
         ctx = feats if self.context is None else self.context(feats, pose3d)
         return ctx if self.context_proj is None else self.context_proj(ctx)
 
-    def forward(self, pose3d: torch.Tensor, feats: torch.Tensor) -> ReconOutput:
-        """pose3d (B, T, J, 3) metres, feats (B, T, F) -> ReconOutput (per-frame meshes)."""
-        if not isinstance(pose3d, torch.Tensor) or pose3d.dim() != 4 or pose3d.shape[2:] != (self.num_joints, 3) or not 1 <= pose3d.shape[1] <= self.max_frames:
-            raise InputError(f"has shape {tuple(pose3d.shape)}", field="pose3d",
-                             expected=f"(B, T<={self.max_frames}, {self.num_joints}, 3)")
+    def _check(self, pose3d: torch.Tensor, feats: torch.Tensor, max_frames: int | None) -> None:
+        if not isinstance(pose3d, torch.Tensor) or pose3d.dim() != 4 or pose3d.shape[2:] != (self.num_joints, 3) or not 1 <= pose3d.shape[1] <= (max_frames or pose3d.shape[1]):
+            t = f"T<={max_frames}" if max_frames else "T"
+            raise InputError(f"has shape {tuple(getattr(pose3d, 'shape', ()))}", field="pose3d",
+                             expected=f"(B, {t}, {self.num_joints}, 3)")
         b, t = pose3d.shape[:2]
         if not isinstance(feats, torch.Tensor) or tuple(feats.shape) != (b, t, self.feat_dim):
             got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise InputError(f"has shape {got}", field="feats", expected=f"(B, T, F) = {(b, t, self.feat_dim)}")
-        ctx = self.contextualise(pose3d, feats)  # (B, T, D)
+
+    def forward(self, pose3d: torch.Tensor, feats: torch.Tensor) -> ReconOutput:
+        """pose3d (B, T, J, 3) metres, feats (B, T, F) -> ReconOutput (per-frame meshes)."""
+        self._check(pose3d, feats, None if self.causal else self.max_frames)
+        return self.decode(pose3d, self.contextualise(pose3d, feats))
+
+    def init_state(self) -> MotionState:
+        """The streaming state before frame 0 (a causal reconstructor only)."""
+        if not self.causal:
+            raise InputError("only a causal reconstructor runs frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        return MotionState(frames=0, previous=None, keys=None, values=None)
+
+    def step(self, pose3d: torch.Tensor, feats: torch.Tensor, state: MotionState) -> tuple[ReconOutput, MotionState]:
+        """One frame: pose3d (B, 1, J, 3) metres, feats (B, 1, F), state -> (ReconOutput of that frame, new state)."""
+        if not self.causal:
+            raise InputError("only a causal reconstructor runs frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        self._check(pose3d, feats, 1)
+        if self.context is None:
+            ctx = feats
+            state = MotionState(frames=state.frames + 1, previous=pose3d[:, -1], keys=None, values=None)
+        else:
+            ctx, state = self.context.step(feats, pose3d, state)
+        if self.context_proj is not None:
+            ctx = self.context_proj(ctx)
+        return self.decode(pose3d, ctx), state
+
+    def decode(self, pose3d: torch.Tensor, ctx: torch.Tensor) -> ReconOutput:
+        """Per-frame meshes from pose3d (B, T, J, 3) metres and the condition ctx (B, T, D) -> ReconOutput."""
+        b, t = pose3d.shape[:2]
         n = b * t
         cond = ctx.reshape(n, -1)
         joints = pose3d.reshape(n, self.num_joints, 3)

@@ -3,6 +3,7 @@
 ``VARIANTS`` holds every variant's hyper-parameters as plain dicts (YAML-ready)::
 
     {"num_joints", "joint_set", "feat_dim", "max_frames",      # shared by both stages
+     ["causal"],                                               # optional: the streaming form
      "lifter": {"kind": "sta-mamba" | "transformer" | "mlp", ...constructor arguments},
      "reconstructor": {...MotionGuidedReconstructor arguments except the mesh assets}}
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,21 +26,31 @@ from torch import nn
 
 from hmrmamba.errors import InputError
 from hmrmamba.models.baselines import MLPLifter, TransformerLifter
-from hmrmamba.models.lifter import GeometryAwareLifter
+from hmrmamba.models.lifter import GeometryAwareLifter, LifterState
 from hmrmamba.models.outputs import HMROutput
-from hmrmamba.models.reconstructor import MeshAssets, MotionGuidedReconstructor
+from hmrmamba.models.reconstructor import MeshAssets, MotionGuidedReconstructor, MotionState
 
 __all__ = [
     "LIFTER_KINDS",
     "TABLE3_ABLATIONS",
     "VARIANTS",
     "HMRMamba",
+    "StreamState",
     "build",
     "build_from_config",
     "resolve_config",
     "variant_config",
     "variant_names",
 ]
+
+
+@dataclass
+class StreamState:
+    """Recurrent state of a causal :class:`HMRMamba` (``causal=True``) for B streams: the lifter's
+    and the reconstructor's (None when lift-only). Constant size, whatever the number of frames."""
+
+    lifter: LifterState
+    recon: MotionState | None
 
 
 class HMRMamba(nn.Module):
@@ -78,6 +90,38 @@ class HMRMamba(nn.Module):
         return HMROutput(pose3d=pose3d, vertices=rec.vertices, joints=rec.joints, coarse=rec.coarse,
                          coevo_joints=rec.coevo_joints)
 
+    @property
+    def causal(self) -> bool:
+        """True when no output depends on a later frame (built with ``causal=True``): :meth:`step` works."""
+        return bool(getattr(self.lifter, "causal", False)) and (
+            self.reconstructor is None or bool(getattr(self.reconstructor, "causal", False)))
+
+    def init_state(self, batch: int = 1) -> StreamState:
+        """The state before frame 0 of ``batch`` streams (a causal model only)."""
+        if not self.causal:
+            raise InputError("this model reads future frames and cannot run frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        return StreamState(lifter=self.lifter.init_state(batch),
+                           recon=None if self.lift_only or self.reconstructor is None
+                           else self.reconstructor.init_state())
+
+    def step(self, kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None,
+             state: StreamState) -> tuple[HMROutput, StreamState]:
+        """One frame: kp2d (B, 1, J, 2) in [-1, 1], conf (B, 1, J), feats (B, 1, F), state -> (HMROutput
+        with T = 1, new state). Stepping a clip frame by frame equals ``forward`` on the whole clip."""
+        if not self.causal:
+            raise InputError("this model reads future frames and cannot run frame by frame", field="causal",
+                             expected="a model built with causal=True (e.g. variant 'tiny-online')")
+        if feats is not None and feats.shape[-1:] == self.feat_mean.shape:
+            feats = (feats - self.feat_mean) / self.feat_std
+        pose3d, lifter_state = self.lifter.step(kp2d, conf, feats, state.lifter)
+        if state.recon is None:
+            return HMROutput(pose3d=pose3d), StreamState(lifter=lifter_state, recon=None)
+        rec, recon_state = self.reconstructor.step(pose3d, feats, state.recon)
+        out = HMROutput(pose3d=pose3d, vertices=rec.vertices, joints=rec.joints, coarse=rec.coarse,
+                        coevo_joints=rec.coevo_joints)
+        return out, StreamState(lifter=lifter_state, recon=recon_state)
+
 
 LIFTER_KINDS: dict[str, type[nn.Module]] = {
     "sta-mamba": GeometryAwareLifter,
@@ -85,7 +129,7 @@ LIFTER_KINDS: dict[str, type[nn.Module]] = {
     "mlp": MLPLifter,
 }
 
-_SHARED = ("num_joints", "joint_set", "feat_dim", "max_frames")
+_SHARED = ("num_joints", "joint_set", "feat_dim", "max_frames", "causal")
 
 _PAPER_COMMON = {"num_joints": 17, "joint_set": "h36m17", "feat_dim": 2048, "max_frames": 16}
 
@@ -126,6 +170,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
                   "lifter": {"kind": "transformer", "dim": 32, "depth": 1, "num_heads": 4, "mlp_ratio": 2.0,
                              "drop_path": 0.0, "use_conf": True},
                   "reconstructor": {**_RECON_TINY, "context": "gru", "gru_hidden": 64, "gru_layers": 1}},
+    # `tiny` in its causal form for streaming (`hmrmamba demo --online`, hmrmamba.online.Tracker):
+    # forward-only temporal scans, GA and motion attention over the last max_frames frames only.
+    "tiny-online": {**_PAPER_COMMON, "causal": True,
+                    "lifter": {**_STA_S, "dim": 32, "depth": 1, "ga_heads": 4, "ga_points": 2, "d_state": 8,
+                               "mlp_ratio": 2.0, "drop_path": 0.0, "frame_pose": True, "head": "joint",
+                               "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
+                    "reconstructor": dict(_RECON_TINY)},
     # Trivial per-frame MLP lifter with the tiny reconstructor: the floor for the CPU demo.
     "mlp": {**_PAPER_COMMON,
             "lifter": {"kind": "mlp", "dim": 128, "depth": 2, "use_conf": True, "use_feats": True},
@@ -230,8 +281,12 @@ def build_from_config(cfg: Mapping[str, Any], *, assets: MeshAssets | None = Non
     _check_config(cfg)
     shared = {k: cfg[k] for k in _SHARED if k in cfg}
     lcfg = dict(cfg["lifter"])
-    cls = LIFTER_KINDS[lcfg.pop("kind")]
+    kind = lcfg.pop("kind")
+    cls = LIFTER_KINDS[kind]
     accepted = _accepted(cls)
+    if shared.get("causal") and "causal" not in accepted:
+        raise InputError(f"lifter kind {kind!r} has no causal form", field="causal",
+                         expected="causal: false, or lifter kind 'sta-mamba'")
     lifter = cls(**{k: v for k, v in shared.items() if k in accepted}, **lcfg)
     if lift_only:
         return HMRMamba(lifter, None, lift_only=True)

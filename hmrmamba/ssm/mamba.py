@@ -25,6 +25,7 @@ from torch import nn
 
 from hmrmamba.errors import InputError
 from hmrmamba.ssm.backend import check_backend_name, scan_with_backend
+from hmrmamba.ssm.scan import selective_scan_ref
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
 
@@ -122,6 +123,10 @@ class Mamba(nn.Module):
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
         Bm = Bm.transpose(1, 2).contiguous()  # (B, N, L)
         Cm = Cm.transpose(1, 2).contiguous()
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # export: the fast scan is an autograd.Function
+            return selective_scan_ref(x, dt, self._A(), Bm, Cm, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                                      delta_softplus=True, return_last_state=initial_state is not None,
+                                      initial_state=initial_state)
         return scan_with_backend(x.contiguous(), dt.contiguous(), self._A(), Bm, Cm, self.D.float(),
                                  z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                                  return_last_state=initial_state is not None, initial_state=initial_state,

@@ -84,7 +84,7 @@ def validate_scan_inputs(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     if initial_state is not None and initial_state.shape != (batch, dim, dstate):
         raise InputError(f"has shape {_shape(initial_state)}", field="initial_state",
                          expected=f"(batch, dim, dstate) = {(batch, dim, dstate)}")
-    if check_finite:
+    if check_finite and not torch.compiler.is_exporting():  # value checks cannot be traced by torch.export
         extra = {"D": D, "z": z, "delta_bias": delta_bias, "initial_state": initial_state}
         for name, t in {**tensors, **extra}.items():
             if t is not None and t.numel() and not bool(torch.isfinite(t).all()):

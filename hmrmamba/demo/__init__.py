@@ -1,0 +1,24 @@
+"""``hmrmamba demo``: meshes, pictures and exports from a video (see :mod:`hmrmamba.demo.pipeline`).
+
+Modules, in pipeline order: :mod:`.keypoints` (2D keypoints from a file or MediaPipe Pose),
+:mod:`.inference` (the trained model, its crops and features), :mod:`.camera` (where the mesh
+sits in front of the camera), :mod:`.pictures` (overlay and side view), :mod:`.pipeline`
+(the command). Streaming inference is :mod:`hmrmamba.online`.
+"""
+
+from hmrmamba.demo.camera import default_camera, estimate_translation, project
+from hmrmamba.demo.inference import Inference, load_inference, predict_offline, sequence_inputs
+from hmrmamba.demo.keypoints import (
+    KeypointTrack,
+    MediaPipePoseDetector,
+    fill_undetected,
+    load_keypoints,
+    mediapipe33_to_h36m17,
+)
+from hmrmamba.demo.pipeline import DemoResult, run_demo, summary_line
+
+__all__ = [
+    "DemoResult", "Inference", "KeypointTrack", "MediaPipePoseDetector", "default_camera", "estimate_translation",
+    "fill_undetected", "load_inference", "load_keypoints", "mediapipe33_to_h36m17", "predict_offline", "project",
+    "run_demo", "sequence_inputs", "summary_line",
+]

@@ -1,0 +1,321 @@
+"""``hmrmamba demo``: a video in, meshes and pictures out.
+
+Offline (default), in passes over the video so that memory holds per-frame numbers, not frames:
+
+1. 2D keypoints: from ``--keypoints F.npz`` or MediaPipe Pose (:mod:`hmrmamba.demo.keypoints`);
+2. crop boxes, crops and ResNet-50 features (the features stage's settings), streamed;
+3. the model on 16-frame windows every 8 frames, each keeping its middle 8 (so every frame has 4+
+   frames of context each side; :func:`hmrmamba.demo.inference.predict_offline`), or once over the
+   whole sequence for a causal model; per-frame camera translation from the keypoints;
+4. pictures (overlay + side view) and files.
+
+Online (``--online``, a causal checkpoint): one pass; every frame goes through
+:class:`hmrmamba.online.Tracker` (detector or file row -> box -> feature -> one model step).
+
+Outputs in ``DIR`` (written into a temporary sibling folder that replaces ``DIR`` only when
+everything succeeded, so a failure leaves no partial ``DIR``):
+
+- ``meshes.npz``: vertices (N, V, 3) and joints (N, 17, 3) metres, pelvis-relative in the camera's
+  orientation; translation (N, 3) metres (NaN where unknown), so ``vertices - joints[:, :1] +
+  translation`` is the camera-frame mesh; faces (F, 3); fps; detected (N,) bool; keypoints
+  (N, 17, 2) px and confidence (N, 17) as detected; camera (4,) fx, fy, cx, cy px; image_size (H, W);
+- ``frame_000000.obj`` ... (and ``frame_000000.ply`` ... with ``ply=True``), y up
+  (:mod:`hmrmamba.export`); ``DIR`` stays a flat folder of files, which is what
+  :func:`hmrmamba.atomic.atomic_dir` agrees to replace on the next run;
+- ``overlay.mp4``: each frame with the mesh drawn over it, beside a side view;
+- ``contact_sheet.png``: a grid of such panels (up to 12 frames spread over the detected ones);
+  ``side_view.png``: six of the side views in a row;
+- ``summary.json``: what ran, frame counts, seconds per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hmrmamba.errors import InputError
+
+__all__ = ["DemoResult", "StepTimer", "run_demo", "summary_line"]
+
+log = logging.getLogger(__name__)
+
+CONTACT_SHEET_FRAMES = 12
+
+
+class StepTimer:
+    """Wall seconds per named step; ``iterate`` charges the time spent *producing* items to a step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def iterate(self, items: Iterable, name: str) -> Iterator:
+        it = iter(items)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            yield item
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.seconds.values()))
+
+
+@dataclass
+class DemoResult:
+    """What ``run_demo`` did: out_dir; frames; detected frames; seconds per step; frames per second
+    over all steps (the model load excluded); the files written (relative to out_dir)."""
+
+    out_dir: Path
+    frames: int
+    detected: int
+    seconds: dict[str, float]
+    fps: float
+    files: list[str] = field(default_factory=list)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before any work, to replace a folder that is not an earlier demo output."""
+    from hmrmamba.atomic import check_replaceable_dir
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meshes.npz").exists())):
+        raise InputError("exists and is not an earlier demo output", file=out, field="--out",
+                         expected="a new or empty folder, or one written by `hmrmamba demo` (it is replaced)")
+    check_replaceable_dir(out)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False)
+
+
+def _detect(reader, detector, timer: StepTimer, progress: bool):
+    from hmrmamba.demo.keypoints import make_track
+
+    kps, confs = [], []
+    with _progress(reader.num_frames, "detect", progress) as bar:
+        for frame in timer.iterate(reader, "decode"):
+            with timer.step("detect"):
+                kp, conf = detector(frame)
+            kps.append(kp)
+            confs.append(conf)
+            bar.update(1)
+    return make_track(np.stack(kps), np.stack(confs))
+
+
+def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: int):
+    """-> (Predictions, SequenceInputs) for the whole video."""
+    from hmrmamba.demo.inference import SequenceInputs, predict_offline, sequence_inputs
+    from hmrmamba.demo.keypoints import fill_undetected
+
+    kp_in, conf_in = fill_undetected(track)
+    parts = []
+    decode_before = timer.seconds.get("decode", 0.0)
+    with _progress(reader.num_frames, "features", progress) as bar:
+        frames = timer.iterate(reader, "decode")
+        batches = sequence_inputs(inf, frames, kp_in, conf_in, image_size=reader.size, batch_size=batch_size)
+        for _, part in timer.iterate(batches, "features"):
+            parts.append(part)
+            bar.update(len(part.kp2d))
+    # frames were decoded inside the features generator: charge that time to decode only
+    timer.seconds["features"] -= timer.seconds.get("decode", 0.0) - decode_before
+    inputs = SequenceInputs(**{k: np.concatenate([getattr(p, k) for p in parts])
+                               for k in ("kp2d", "conf", "feats", "boxes")})
+    with timer.step("model"):
+        pred = predict_offline(inf, inputs)
+    return pred, inputs
+
+
+def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | None = None,
+             detector: str = "keypoints", keypoints: str | Path | None = None, online: bool = False,
+             ply: bool = False, obj: bool = True, pictures: bool = True, render_size: int = 480,
+             focal: float | None = None,
+             root: str | Path | None = None, inference=None, detector_model: str | Path | None = None,
+             progress: bool = True, batch_size: int = 16) -> DemoResult:
+    """Meshes, pictures and files for ``video`` (a video file or a folder of frames) in ``out``.
+
+    ``detector``: ``"keypoints"`` (needs ``keypoints``, an npz) or ``"mediapipe"`` (the ``[demo]``
+    extra); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
+    loaded from ``checkpoint``, default the train_mesh stage's ``best.pt`` under ``root``);
+    ``pictures=False`` skips the overlay video and the PNGs, ``obj``/``ply`` the per-frame meshes.
+    Raises ``InputError`` for an unreadable or empty video, no person detected, a wrong checkpoint,
+    a missing extra, or an existing ``out`` that is not a demo output; ``out`` is then untouched.
+    """
+    import imageio.v3 as iio
+
+    from hmrmamba.atomic import atomic_dir, atomic_path, write_json, write_npz
+    from hmrmamba.demo.camera import default_camera, estimate_translation
+    from hmrmamba.demo.inference import load_inference
+    from hmrmamba.demo.keypoints import DETECTORS, MediaPipePoseDetector, fill_undetected, load_keypoints
+    from hmrmamba.demo.pictures import PanelRenderer, grid
+    from hmrmamba.export import write_mesh_sequence
+    from hmrmamba.video import VideoReader, write_video
+
+    out = Path(out)
+    if detector not in DETECTORS:
+        raise InputError(f"unknown detector {detector!r}", field="--detector", expected=" | ".join(DETECTORS))
+    if detector == "keypoints" and keypoints is None:
+        raise InputError("no keypoints file", field="--keypoints",
+                         expected="--keypoints F.npz with keypoints (N, 17, 2) px, or --detector mediapipe")
+    _check_out_dir(out)
+    reader = VideoReader(video)
+    n = reader.num_frames
+    track = load_keypoints(keypoints, num_frames=n) if keypoints is not None else None
+    if track is not None and not track.detected.any():
+        fill_undetected(track)  # raises: no person detected
+    det = None if track is not None else MediaPipePoseDetector(model_path=detector_model, fps=reader.fps)
+    try:
+        if inference is None:
+            inference = load_inference(checkpoint, root=root, need_causal=online)
+        elif online and not inference.causal:
+            raise InputError(f"variant '{inference.variant}' reads future frames (not causal)",
+                             file=inference.checkpoint, field="config.model.causal",
+                             expected="a causal variant such as 'tiny-online' for --online")
+        camera = default_camera(reader.size, focal=focal)
+        timer = StepTimer()
+        if online:
+            pred_v, pred_j, pred_p, trans, track = _run_online(inference, reader, track, det, focal, timer, progress)
+        else:
+            if track is None:
+                track = _detect(reader, det, timer, progress)
+            pred, _ = _offline(inference, reader, track, timer, progress, batch_size)
+            pred_v, pred_j, pred_p = pred.vertices, pred.joints, pred.pose3d
+            with timer.step("camera"):
+                rel = pred_j - pred_j[:, :1]
+                trans = estimate_translation(rel, track.keypoints, track.confidence, camera)
+                trans[~track.detected] = np.nan
+    finally:
+        if det is not None:
+            det.close()
+    detected = np.asarray(track.detected, bool)
+    cam_verts = pred_v - pred_j[:, :1] + trans[:, None, :]
+    renderer = PanelRenderer(inference.faces, camera, reader.size, vertex_colors=inference.vertex_colors,
+                             render_size=render_size)
+    picks = _pick_frames(detected, CONTACT_SHEET_FRAMES)
+    with atomic_dir(out) as tmp:
+        panels = []
+        with _progress(n if pictures else 0, "render", progress and pictures) as bar:
+            start = 0
+            for frames in _chunks(timer.iterate(reader, "decode") if pictures else (), 8):
+                idx = range(start, start + len(frames))
+                with timer.step("render"):
+                    panels.append(renderer.render(np.stack(frames),
+                                                  [cam_verts[i] if detected[i] else None for i in idx]))
+                start += len(frames)
+                bar.update(len(frames))
+        with timer.step("write"):
+            files = ["meshes.npz", "summary.json"]
+            write_npz(tmp / "meshes.npz", vertices=pred_v.astype(np.float32), joints=pred_j.astype(np.float32),
+                      pose3d=pred_p.astype(np.float32), faces=inference.faces.astype(np.int32),
+                      fps=np.float32(reader.fps), detected=detected, translation=trans.astype(np.float32),
+                      keypoints=track.keypoints.astype(np.float32), confidence=track.confidence.astype(np.float32),
+                      camera=camera.astype(np.float32), image_size=np.asarray(reader.size, np.int32))
+            for fmt, wanted in (("obj", obj), ("ply", ply)):
+                if wanted:
+                    write_mesh_sequence(tmp, pred_v, inference.faces, fmt=fmt)
+                    files.append(f"frame_*.{fmt}")
+            if pictures:
+                panels = np.concatenate(panels)
+                write_video(tmp / "overlay.mp4", panels, fps=reader.fps)
+                w = panels.shape[2] // 2
+                for name, picture in (("contact_sheet.png", grid(panels[picks], columns=3)),
+                                      ("side_view.png", grid(panels[picks[:6], :, w:], columns=6))):
+                    with atomic_path(tmp / name, suffix=".png") as path:
+                        iio.imwrite(path, picture, extension=".png")
+                files += ["overlay.mp4", "contact_sheet.png", "side_view.png"]
+        seconds = {k: round(v, 4) for k, v in timer.seconds.items()}
+        fps = n / max(timer.total, 1e-9)
+        write_json(tmp / "summary.json", {
+            "video": str(video), "frames": n, "detected_frames": int(detected.sum()), "fps_video": reader.fps,
+            "image_size": list(reader.size), "checkpoint": str(inference.checkpoint), "variant": inference.variant,
+            "mode": "online" if online else "offline", "detector": detector,
+            "backbone_weights": inference.weights_note, "seconds": seconds,
+            "frames_per_second": round(fps, 3), "camera": [float(c) for c in camera]})
+    return DemoResult(out_dir=out, frames=n, detected=int(detected.sum()), seconds=seconds, fps=fps, files=files)
+
+
+def _run_online(inference, reader, track, det, focal, timer: StepTimer, progress: bool):
+    """One pass with the Tracker -> (vertices, joints, pose3d, translation, track)."""
+    from hmrmamba.demo.keypoints import make_track
+    from hmrmamba.online import Tracker
+
+    tracker = Tracker(inference, detector=det, focal=focal)
+    n = reader.num_frames
+    results = []
+    kps = np.full((n, 17, 2), np.nan, np.float32)
+    confs = np.zeros((n, 17), np.float32)
+    with _progress(n, "online", progress) as bar:
+        for i, frame in enumerate(timer.iterate(reader, "decode")):
+            if track is not None:
+                kp, conf = track.keypoints[i], track.confidence[i]
+            else:
+                with timer.step("detect"):
+                    kp, conf = det(frame)
+            kps[i], confs[i] = kp, conf
+            with timer.step("step"):
+                results.append(tracker.step(frame, kp, conf))
+            bar.update(1)
+    if not any(r.vertices is not None for r in results):
+        raise InputError("no person detected in any frame", field="keypoints",
+                         expected="at least one frame with a detected person")
+    v0 = next(r for r in results if r.vertices is not None)
+    blank = {k: np.full_like(getattr(v0, k), np.nan) for k in ("vertices", "joints", "pose3d")}
+    stack = {k: np.stack([getattr(r, k) if getattr(r, k) is not None else blank[k] for r in results])
+             for k in blank}
+    # frames before the first detection have no mesh: hold the first one so the files stay finite
+    first = next(i for i, r in enumerate(results) if r.vertices is not None)
+    for value in stack.values():
+        value[:first] = value[first]
+    trans = np.stack([r.translation for r in results]).astype(np.float32)
+    detected = np.array([r.detected for r in results], bool)
+    trans[~detected] = np.nan
+    out_track = make_track(kps, confs)
+    out_track.detected = detected
+    return stack["vertices"], stack["joints"], stack["pose3d"], trans, out_track
+
+
+def _pick_frames(detected: np.ndarray, count: int) -> list[int]:
+    """Up to ``count`` frames spread over the detected ones (over all if none)."""
+    idx = np.flatnonzero(detected)
+    if idx.size == 0:
+        idx = np.arange(len(detected))
+    take = np.unique(np.linspace(0, idx.size - 1, min(count, idx.size)).round().astype(int))
+    return [int(i) for i in idx[take]]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def summary_line(result: DemoResult) -> str:
+    """One line for the terminal."""
+    shares = ", ".join(f"{k} {v / max(sum(result.seconds.values()), 1e-9):.0%}" for k, v in result.seconds.items())
+    return (f"wrote {result.out_dir}: {result.frames} frames ({result.detected} detected) at "
+            f"{result.fps:.1f} frames/s ({shares})")
+

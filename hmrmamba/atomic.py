@@ -1,30 +1,121 @@
 """Atomic file writes: write to a sibling temporary file, then ``os.replace`` it into place.
 
 A crash or a raised error leaves either the old file or nothing, never a half-written one.
+Temporary files are named ``.<name>.<pid>.<random><suffix>``; one left behind by a writer that was
+killed (``kill -9``, power loss) is removed by the next write of the same file. A write that fails
+for lack of space, quota or file-size limit raises :class:`WriteFailed` naming the destination.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from hmrmamba.errors import InputError
+
+
+class WriteFailed(OSError):
+    """Writing a file failed (disk full, quota, file-size limit, read-only or I/O error).
+
+    ``errno`` is the system error; the destination is untouched and no temporary file is left.
+    """
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+_ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")  # HDF5 reports the system error in its message
+
+
+def write_errno(exc: BaseException | None) -> int | None:
+    """The errno of a failed write found in ``exc`` or its causes, or ``None``.
+
+    HDF5 (through h5py) raises ``RuntimeError``/``OSError`` whose text holds ``errno = 28``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, InputError):
+            code = exc.errno if isinstance(exc, OSError) else None
+            if code is None:
+                found = _ERRNO_IN_TEXT.search(str(exc))
+                code = int(found.group(1)) if found else None
+            if code in _WRITE_ERRNOS:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temporary siblings of ``path`` whose writer process no longer exists. -> removed paths."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        entries = list(path.parent.glob(glob.escape(prefix) + "*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _write_failed(path: Path, exc: BaseException) -> WriteFailed | None:
+    code = write_errno(exc) if isinstance(exc, Exception) and not isinstance(exc, WriteFailed) else None
+    if code is None:
+        return None
+    return WriteFailed(code, f"cannot write {path}: {os.strerror(code)}; nothing was written and any "
+                             f"previous file is unchanged")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
-    The temporary file lives in the same directory so that ``os.replace`` is atomic. On any
-    exception the temporary file is removed and the destination is untouched.
+    The temporary file lives in the same directory so that ``os.replace`` is atomic; it is flushed
+    to disk before the rename. On any exception the temporary file is removed and the destination
+    is untouched; a failure for lack of space (or quota, size limit) becomes :class:`WriteFailed`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    if path.is_dir():
+        raise InputError("is a directory", file=path, expected="the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError("a parent of it is a file, not a directory", file=path,
+                         expected="a file path inside a directory") from None
+    remove_stale_temps(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp",
+                                        dir=path.parent)
+    except OSError as exc:
+        failed = _write_failed(path, exc)
+        if failed is not None:
+            raise failed from exc
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -33,11 +124,52 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        failed = _write_failed(path, exc)
+        if failed is not None:
+            raise failed from exc
         raise
+
+
+#: Entries that mark a directory as a project or repository, never an output to replace.
+_PROJECT_MARKERS = ("params.yaml", "dvc.yaml", "pyproject.toml", ".git", ".dvc")
+
+
+def check_replaceable_dir(path: str | Path) -> None:
+    """Refuse to let :func:`atomic_dir` replace a directory that is not a flat folder of outputs.
+
+    A filesystem root, the home directory, the current directory or one of its ancestors, a
+    project or repository (``params.yaml``, ``.git``, ...) and any directory holding a
+    subdirectory are refused with :class:`InputError`: replacing one of them would delete it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    full = path.resolve()
+    if not full.is_dir():
+        raise InputError("exists and is not a directory", file=path,
+                         expected="a directory (or nothing) to replace")
+    protected = {Path(full.anchor), Path.home().resolve()}
+    cwd = Path.cwd().resolve()
+    entries = list(full.iterdir())
+    why = None
+    if full in protected or full == cwd or full in cwd.parents:
+        why = "it is a filesystem root, the home directory or holds the current directory"
+    elif any(e.name in _PROJECT_MARKERS for e in entries):
+        why = "it is a project or repository"
+    elif any(e.is_dir() for e in entries):
+        why = f"it holds subdirectories ({sorted(e.name for e in entries if e.is_dir())[:3]})"
+    if why:
+        raise InputError(f"refusing to replace this directory: {why}", file=path,
+                         expected="an output directory of its own (a flat folder of files, or absent)")
 
 
 @contextlib.contextmanager
@@ -46,11 +178,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     On success the old directory (if any) is moved aside, the new one renamed into place, then the
     old one removed: readers see the old contents or the new, never a mix. On any exception the
-    temporary directory is removed and ``path`` is untouched.
+    temporary directory is removed and ``path`` is untouched. Directories that are not flat output
+    folders are never replaced (:func:`check_replaceable_dir`).
     """
     import shutil
 
     path = Path(path)
+    check_replaceable_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -70,10 +204,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with NaN/Inf floats replaced by ``None`` (JSON has no NaN; ``null`` means undefined)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
+    """Atomically write ``obj`` as indented, standard JSON (NaN/Inf, e.g. undefined metrics, become null)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:

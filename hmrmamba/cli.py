@@ -194,6 +194,17 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from hmrmamba.config import find_project_root, load_params
+    from hmrmamba.results import write_document
+
+    root = find_project_root()
+    path = write_document(root, load_params(root / "params.yaml"), command="python flows/results.py")
+    print(path.read_text(encoding="utf-8"))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hmrmamba.demo.pipeline import run_demo, summary_line
 
@@ -267,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="only print the table of metrics/efficiency.json")
     p.add_argument("--threads", type=int, help="torch threads for this run (default: runtime.threads)")
     p.set_defaults(fn=cmd_efficiency)
+    sub.add_parser("results", help="re-render docs/results.md from the finished runs of flows/results.py"
+                   ).set_defaults(fn=cmd_results)
     p = sub.add_parser("demo", help="meshes, overlay video and pictures from a video file or frame folder")
     p.add_argument("video", help="a video file (mp4/avi/...) or a folder of jpg/png frames")
     p.add_argument("--out", required=True, help="output folder (replaced as a whole when the demo succeeds)")

@@ -161,7 +161,8 @@ def collect(plan: Plan, projects: Mapping[Run, Path]) -> dict[str, dict[str, Any
     if missing:
         raise MissingFileError(f"{len(missing)} run(s) have not finished", file=missing[0], field="results",
                                expected="every run of the plan (python flows/results.py), missing: "
-                                        + ", ".join(missing))
+                                        + ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                                                    if len(missing) > 5 else ""))
     return {r.label: run_metrics(projects[r]) for r in plan.runs()}
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from hmrmamba.errors import InputError
 from hmrmamba.models.dual_scan import DropPath, Mlp
-from hmrmamba.models.lifter import PoseEncoder, check_inputs
+from hmrmamba.models.lifter import JointHead, PoseEncoder, check_inputs
 
 __all__ = ["GRUContext", "MLPLifter", "TransformerBlock", "TransformerLifter"]
 
@@ -56,19 +56,26 @@ class TransformerLifter(nn.Module):
 
     def __init__(self, *, num_joints: int = 17, feat_dim: int = 2048, max_frames: int = 16, dim: int = 256,
                  depth: int = 3, num_heads: int = 8, mlp_ratio: float = 2.0, drop_path: float = 0.2,
-                 use_conf: bool = True):
+                 use_conf: bool = True, frame_pose: bool = False, feat_centre: bool = False,
+                 feat_dropout: float = 0.0, feat_proj: int | None = None, head: str = "token"):
         super().__init__()
+        if head not in ("token", "joint"):
+            raise InputError(f"head={head!r}", field="head", expected="'token' or 'joint'")
         self.num_joints = num_joints
         self.feat_dim = feat_dim
         self.max_frames = max_frames
+        # the same encoder options as the STA-Mamba lifter, so that the small baselines can be given the
+        # same input treatment as `tiny` (a fair Table-1 comparison on the CPU demo)
         self.encoder = PoseEncoder(dim, num_joints=num_joints, feat_dim=feat_dim, max_frames=max_frames,
-                                   use_conf=use_conf)
+                                   use_conf=use_conf, frame_pose=frame_pose, feat_centre=feat_centre,
+                                   feat_dropout=feat_dropout, feat_proj=feat_proj)
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]
         self.spatial_blocks = nn.ModuleList([TransformerBlock(dim, num_heads, mlp_ratio, r) for r in rates])
         self.temporal_blocks = nn.ModuleList([TransformerBlock(dim, num_heads, mlp_ratio, r) for r in rates])
         self.norm_s = nn.LayerNorm(dim, eps=1e-6)
         self.norm_t = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 3))
+        self.head = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 3)) if head == "token"
+                     else nn.Sequential(nn.LayerNorm(dim), JointHead(dim, num_joints)))
 
     def forward(self, kp2d: torch.Tensor, conf: torch.Tensor | None = None, feats: torch.Tensor | None = None,
                 spatial: torch.Tensor | None = None) -> torch.Tensor:

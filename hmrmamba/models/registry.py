@@ -168,7 +168,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The PMCE-like baseline at the CPU-demo size (transformer lifter, GRU image context).
     "pmce-tiny": {**_PAPER_COMMON,
                   "lifter": {"kind": "transformer", "dim": 32, "depth": 1, "num_heads": 4, "mlp_ratio": 2.0,
-                             "drop_path": 0.0, "use_conf": True},
+                             "drop_path": 0.0, "use_conf": True, "frame_pose": True, "head": "joint",
+                             "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
                   "reconstructor": {**_RECON_TINY, "context": "gru", "gru_hidden": 64, "gru_layers": 1}},
     # `tiny` in its causal form for streaming (`hmrmamba demo --online`, hmrmamba.online.Tracker):
     # forward-only temporal scans, GA and motion attention over the last max_frames frames only.
@@ -177,9 +178,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                "mlp_ratio": 2.0, "drop_path": 0.0, "frame_pose": True, "head": "joint",
                                "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
                     "reconstructor": dict(_RECON_TINY)},
-    # Trivial per-frame MLP lifter with the tiny reconstructor: the floor for the CPU demo.
+    # Trivial per-frame MLP lifter on the 2D pose alone, with the tiny reconstructor: the floor for the CPU
+    # demo (with random-init image features it memorises them and does worse: docs/model.md).
     "mlp": {**_PAPER_COMMON,
-            "lifter": {"kind": "mlp", "dim": 128, "depth": 2, "use_conf": True, "use_feats": True},
+            "lifter": {"kind": "mlp", "dim": 128, "depth": 2, "use_conf": True, "use_feats": False},
             "reconstructor": dict(_RECON_TINY)},
 }
 

@@ -7,9 +7,11 @@ absolute. A relative path that escapes the project root with ``..`` is refused.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -47,12 +49,215 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError("file not found", file=path, expected="a params.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path,
+                         expected="a UTF-8 YAML mapping") from None
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML ({exc})", file=path, expected="a YAML mapping") from None
     if not isinstance(data, dict):
         raise InputError(f"top level is {type(data).__name__}", file=path, expected="a YAML mapping")
+    validate_params(data, file=path)
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The params schema: the type and a sane range of every known key, checked before any work
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """What one params key may hold.
+
+    ``kind``: ``int``, ``num`` (finite int or float), ``bool``, ``str``, ``path`` (an input path),
+    ``outpath`` (an output path: relative without ``..`` escapes, or absolute), ``outdir`` (a directory
+    that is replaced as a whole: also not the project root nor one of its own directories),
+    ``range`` (``[lo, hi]`` of ``item`` with lo <= hi), ``list`` (of ``item``) or ``map`` (str keys,
+    values of ``item``).
+    """
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    item: Rule | None = None
+    nonempty: bool = False
+
+    def describe(self) -> str:
+        if self.kind in ("int", "num"):
+            what = "an integer" if self.kind == "int" else "a finite number"
+            text = f"{what} in {'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}]"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "str":
+            text = f"one of {list(self.choices)}" if self.choices else "a non-empty string"
+        elif self.kind == "path":
+            text = "a path (relative to the project root, or absolute)"
+        elif self.kind == "outpath":
+            text = "an output path inside the project (no '..' escapes), or an absolute path"
+        elif self.kind == "outdir":
+            text = (f"a directory of its own inside the project (no '..' escapes, not the project root "
+                    f"nor {sorted(PROJECT_DIRS)})")
+        elif self.kind == "range":
+            text = f"[min, max] with min <= max, each {self.item.describe()}"
+        elif self.kind == "list":
+            text = f"a {'non-empty ' if self.nonempty else ''}list, each {self.item.describe()}"
+        else:
+            text = f"a {'non-empty ' if self.nonempty else ''}mapping" + (
+                f" of names to {self.item.describe()}" if self.item else "")
+        return text + (" or null" if self.optional else "")
+
+    def accepts(self, v: Any) -> bool:
+        if v is None:
+            return self.optional
+        k = self.kind
+        if k in ("int", "num"):
+            if isinstance(v, bool) or not isinstance(v, int if k == "int" else (int, float)):
+                return False
+            if isinstance(v, float) and not math.isfinite(v):
+                return False
+            return (v > self.lo if self.lo_open else v >= self.lo) and v <= self.hi
+        if k == "bool":
+            return isinstance(v, bool)
+        if k == "str":
+            return isinstance(v, str) and bool(v.strip()) and (not self.choices or v in self.choices)
+        if k in ("path", "outpath", "outdir"):
+            if not isinstance(v, str) or not v.strip() or "\x00" in v:
+                return False
+            first = os.path.normpath(v).split(os.sep)[0]
+            if k == "outdir":
+                return not os.path.isabs(v) and first not in PROJECT_DIRS | {".", ".."}
+            return k == "path" or os.path.isabs(v) or first != ".."
+        if k == "range":
+            return (isinstance(v, (list, tuple)) and len(v) == 2 and all(self.item.accepts(x) for x in v)
+                    and v[0] <= v[1])
+        if k == "list":
+            return (isinstance(v, (list, tuple)) and (bool(v) or not self.nonempty)
+                    and all(self.item.accepts(x) for x in v))
+        return (isinstance(v, Mapping) and (bool(v) or not self.nonempty)
+                and all(isinstance(x, str) for x in v)
+                and (self.item is None or all(self.item.accepts(x) for x in v.values())))
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _int(lo: int, hi: int, **kw: Any) -> Rule:
+    return Rule("int", lo, hi, **kw)
+
+
+def _num(lo: float, hi: float, **kw: Any) -> Rule:
+    return Rule("num", lo, hi, **kw)
+
+
+#: Top-level directories of a checkout that no output directory may replace.
+PROJECT_DIRS = frozenset({"data", "models", "metrics", "plots", "conf", "docs", "hmrmamba", "tests", "flows",
+                          "tasks", "benchmarks", "mlartifacts", ".dvc", ".git", ".prefect", ".venv"})
+_SEED = _int(0, 2**32 - 1)
+_STR = Rule("str")
+_BOOL = Rule("bool")
+_OPT_PATH = Rule("path", optional=True)
+_COUNT = _int(1, 65536)
+
+
+def _train_rules(stage: str) -> dict[str, Rule]:
+    return {f"{stage}.{k}": r for k, r in {
+        "epochs": _int(1, 1_000_000), "batch_size": _COUNT, "lr": _num(0, 10, lo_open=True),
+        "weight_decay": _num(0, 10), "lr_decay": _num(0, 1, lo_open=True), "window": _int(1, 8192),
+        "stride": _int(1, 8192), "grad_clip": _num(0, 1e6, optional=True), "amp": _BOOL, "compile": _BOOL,
+        "resume": _BOOL, "log_checkpoint": _BOOL, "seed": _SEED, "checkpoint_dir": Rule("outpath"),
+        "loss": Rule("map", item=_num(0, 1e6)),
+    }.items()}
+
+
+#: Known params keys (``*`` matches any name) and what they may hold; unknown keys are not checked.
+PARAMS_SCHEMA: dict[str, Rule] = {
+    "seed": _SEED,
+    "runtime.threads": _int(0, 4096),
+    "tracking.uri": Rule("str", optional=True),
+    "tracking.fallback_local": _BOOL,
+    "dataset.name": _STR,
+    "dataset.root": _OPT_PATH,
+    "body_model.source": Rule("str", choices=("procedural", "smpl")),
+    "body_model.smpl_path": _OPT_PATH,
+    "body_model.h36m_regressor": _OPT_PATH,
+    "body_model.downsampling_path": _OPT_PATH,
+    "body_model.downsample_sizes": Rule("list", item=_int(8, 1_000_000), nonempty=True),
+    "body_model.seed": _SEED,
+    "synthetic.splits": Rule("map", nonempty=True),
+    "synthetic.splits.*.sequences": _int(1, 1_000_000),
+    "synthetic.splits.*.subjects": _int(1, 1_000_000),
+    "synthetic.frames": Rule("range", item=_int(1, 1_000_000)),
+    "synthetic.fps": _num(0, 1000, lo_open=True),
+    "synthetic.image_size": _int(16, 4096),
+    "synthetic.occluder_prob": _num(0, 1),
+    "synthetic.blur_prob": _num(0, 1),
+    "synthetic.betas_scale": _num(0, 10),
+    "synthetic.max_travel": _num(0, 100),
+    "synthetic.seed": _SEED,
+    "synthetic.camera.distance": Rule("range", item=_num(0, 1000, lo_open=True)),
+    "synthetic.camera.height": Rule("range", item=_num(-1000, 1000)),
+    "synthetic.camera.yaw_deg": Rule("range", item=_num(-720, 720)),
+    "synthetic.camera.person_fraction": Rule("range", item=_num(0, 2, lo_open=True)),
+    "detect2d.sources": Rule("list", item=_STR, nonempty=True),
+    "detect2d.noise_scale": _num(0, 100),
+    "detect2d.files": Rule("map", item=Rule("path")),
+    "detect2d.seed": _SEED,
+    "features.backbone": _STR,
+    "features.weights": _OPT_PATH,
+    "features.init_seed": _SEED,
+    "features.bbox_source": _STR,
+    "features.bbox_scale": _num(0, 10, lo_open=True),
+    "features.crop_size": _int(32, 1024),
+    "features.batch_size": _COUNT,
+    "features.keep_spatial": _BOOL,
+    "experiment.variant": _STR,
+    "experiment.detector": _STR,
+    "experiment.overrides": Rule("map"),
+    **_train_rules("train_lift"),
+    **_train_rules("train_mesh"),
+    "evaluate.split": _STR,
+    "evaluate.batch_size": _COUNT,
+    "report.dir": Rule("outdir"),
+    "report.clips": _int(0, 10_000),
+    "report.frames_per_clip": _int(1, 10_000),
+    "results.output": Rule("outpath"),
+    "results.seeds": Rule("list", item=_SEED, nonempty=True),
+    "efficiency.frames": _int(1, 1_000_000),
+    "efficiency.batch": _COUNT,
+    "efficiency.repeats": _int(1, 10_000),
+}
+
+
+def _present(node: Any, parts: list[str], prefix: tuple[str, ...], file: str | Path
+             ) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every present key matching ``parts`` (``*`` = any name)."""
+    if not parts:
+        yield ".".join(prefix), node
+        return
+    if not isinstance(node, Mapping):
+        raise InputError(f"is a {type(node).__name__}", file=file, field=".".join(prefix),
+                         expected="a mapping of settings")
+    head, rest = parts[0], parts[1:]
+    for key in (list(node) if head == "*" else [head] if head in node else []):
+        yield from _present(node[key], rest, prefix + (str(key),), file)
+
+
+def validate_params(params: Mapping[str, Any], *, file: str | Path = PARAMS_FILE) -> None:
+    """Check every known key of ``params`` against :data:`PARAMS_SCHEMA`; absent keys are fine.
+
+    Raises :class:`InputError` naming the file, the dotted key and what it may hold, so absurd
+    values (negative sizes, NaN rates, strings for numbers, ``..`` output paths) stop a stage
+    before it reads or writes anything.
+    """
+    for pattern, rule in PARAMS_SCHEMA.items():
+        for key, value in _present(params, pattern.split("."), (), file):
+            if not rule.accepts(value):
+                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+                raise InputError(f"invalid value {shown}", file=file, field=key, expected=rule.describe())
 
 
 def section(params: Mapping[str, Any], name: str, *, file: str = PARAMS_FILE) -> dict[str, Any]:
@@ -62,9 +267,19 @@ def section(params: Mapping[str, Any], name: str, *, file: str = PARAMS_FILE) ->
     return dict(params[name])
 
 
+def _path_value(value: Any, *, field: str, file: str | Path = PARAMS_FILE) -> str:
+    """A params path as a string; anything else (numbers, lists, NUL bytes, '') is an InputError."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InputError(f"{value!r} is not a usable path", file=file, field=field,
+                         expected="a non-empty path string (relative to the project root, or absolute)")
+    return value
+
+
 def resolve_path(root: Path, value: str | os.PathLike, *, field: str) -> Path:
     """Resolve a params path inside ``root`` (relative) or as given (absolute); refuse ``..`` escapes."""
-    p = Path(value)
+    p = Path(_path_value(value, field=field))
     if p.is_absolute():
         return p
     full = (root / p).resolve()

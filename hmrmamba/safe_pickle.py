@@ -23,6 +23,8 @@ import codecs
 import collections
 import io
 import pickle
+import struct
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -232,13 +234,20 @@ def safe_load(path_or_file: str | Path | IO[bytes], *, encoding: str = "latin1",
         with open(path, "rb") as fh:
             return safe_load(fh, encoding=encoding, name=name or str(path))
     source = name or getattr(path_or_file, "name", None) or "<pickle stream>"
+    expected = "a complete pickle file (it may be truncated or corrupt)"
     try:
         obj = _RestrictedUnpickler(path_or_file, encoding=encoding, source=str(source)).load()
     except InputError:
         raise
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError) as exc:
-        raise InputError(f"unreadable pickle ({type(exc).__name__}: {exc})", file=str(source)) from None
-    return _resolve(obj, str(source), {})
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError,
+            OverflowError, MemoryError, RecursionError, struct.error) as exc:
+        raise InputError(f"unreadable pickle ({type(exc).__name__}: {str(exc)[:200]})", file=str(source),
+                         expected=expected) from None
+    try:
+        return _resolve(obj, str(source), {})
+    except RecursionError:
+        raise InputError("objects nested too deeply to load", file=str(source),
+                         expected=f"containers nested less than {sys.getrecursionlimit()} deep") from None
 
 
 def safe_loads(data: bytes, *, encoding: str = "latin1", name: str = "<bytes>") -> Any:

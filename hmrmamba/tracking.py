@@ -21,12 +21,50 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from hmrmamba.config import flatten, home_root
+from hmrmamba.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 class TrackingUnavailable(RuntimeError):
     """The configured MLflow tracking server cannot be reached."""
+
+
+#: Bounds on MLflow's HTTP client (its defaults retry for ~4 minutes per request): a server that is
+#: down fails a stage in seconds instead of hanging it. Set in the environment to override.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _server_failures(uri: str) -> Iterator[None]:
+    """Turn MLflow client errors against an http store into :class:`TrackingUnavailable`.
+
+    An input error that a failing ``end_run`` buried under a client error is raised instead.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not _is_http(uri) or isinstance(exc, TrackingUnavailable):
+            raise
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, InputError):
+                raise cause
+            cause = cause.__context__
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException) or type(exc).__module__.startswith(("requests", "urllib3")):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} stopped answering during the run ({first}). The stage's "
+                f"files are written atomically; re-run it when the server is back, or set "
+                f"tracking.fallback_local: true.") from exc
+        raise
 
 
 def local_store_uri(root: Path) -> str:
@@ -67,6 +105,53 @@ def git_sha(root: Path) -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a sqlite store's folder (other stores: no lock).
+
+    MLflow creates and migrates a sqlite store's schema on first use; two processes doing that at
+    once (parallel stages or flow rows on a fresh project) corrupt each other's migrations. The
+    lock is ``flock`` on the folder itself, so no lock file is left behind.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(uri[len("sqlite:///"):]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _ensure_sqlite_store(uri: str, artifact_root: Path) -> None:
+    """Create a missing sqlite store atomically: its schema is built in a temporary file that is then
+    renamed into place, so a process killed during MLflow's migrations leaves no half-made store
+    (which every later run would fail on with "table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from hmrmamba.atomic import atomic_path
+
+    with atomic_path(db, suffix=".db") as tmp:
+        tmp_uri = f"sqlite:///{tmp}"
+        SqlAlchemyStore(tmp_uri, artifact_root.as_uri())
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
+        if engine is not None:
+            engine.dispose()
+
+
 def _experiment_id(mlflow, name: str, artifact_root: Path) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -93,6 +178,9 @@ def stage_run(stage: str, *, root: Path, params: Mapping[str, Any], tags: Mappin
     import mlflow
 
     uri = resolve_tracking_uri(root, tracking)
+    if _is_http(uri):
+        for key, value in HTTP_LIMITS.items():
+            os.environ.setdefault(key, value)
     user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow also exports the URI to the environment; undo that so a later stage in this process
@@ -101,32 +189,44 @@ def stage_run(stage: str, *, root: Path, params: Mapping[str, Any], tags: Mappin
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_env
-    exp_id = _experiment_id(mlflow, stage, home_root(root) / "mlartifacts")
-    all_tags = {"stage": stage, "git_sha": git_sha(root),
-                "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), **(tags or {})}
-    kwargs: dict[str, Any] = dict(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
-    if parent_run_id:
-        kwargs.update(parent_run_id=parent_run_id, nested=True)
-    with mlflow.start_run(**kwargs) as run:
-        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-        items = list(flat.items())
-        for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i:i + 100]))
-        yield run
+    with _server_failures(uri):
+        with _store_lock(uri):  # the first use of a fresh sqlite store creates its schema
+            _ensure_sqlite_store(uri, home_root(root) / "mlartifacts")
+            exp_id = _experiment_id(mlflow, stage, home_root(root) / "mlartifacts")
+        all_tags = {"stage": stage, "git_sha": git_sha(root),
+                    "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), **(tags or {})}
+        kwargs: dict[str, Any] = dict(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
+        if parent_run_id:
+            kwargs.update(parent_run_id=parent_run_id, nested=True)
+        with mlflow.start_run(**kwargs) as run:
+            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+            items = list(flat.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i:i + 100]))
+            yield run
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log numeric metrics to the active run (non-numbers are skipped)."""
+    """Log numeric metrics to the active run (non-numbers are skipped; no active run: nothing).
+
+    Without an active run (a stage's ``run()`` called directly) nothing is logged, rather than
+    MLflow silently creating a run in ``./mlruns`` of the current directory.
+    """
     import mlflow
 
+    if mlflow.active_run() is None:
+        return
     clean = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
     if clean:
         mlflow.log_metrics(clean, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a file to the active run (no active run: nothing, as :func:`log_metrics`)."""
     import mlflow
 
+    if mlflow.active_run() is None:
+        return
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 

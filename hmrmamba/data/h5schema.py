@@ -105,6 +105,9 @@ def validate_split(frames: Mapping[str, np.ndarray], seqs: Mapping[str, np.ndarr
     """Check a split's arrays against the schema; return the frame count N."""
     _require(FRAME_FIELDS, frames, "frame", file)
     _require(SEQ_FIELDS, seqs, "sequence", file)
+    for table, name, rows in ((FRAME_FIELDS, "joints3d", "N"), (SEQ_FIELDS, "seq_start", "S")):
+        if np.ndim(frames[name] if rows == "N" else seqs[name]) == 0:
+            raise InputError("a scalar", file=file, field=name, expected=table[name].describe(rows))
     n = int(np.asarray(frames["joints3d"]).shape[0])
     s = int(np.asarray(seqs["seq_start"]).shape[0])
     if n == 0 or s == 0:
@@ -115,13 +118,42 @@ def validate_split(frames: Mapping[str, np.ndarray], seqs: Mapping[str, np.ndarr
     for name, arr in seqs.items():
         if name in SEQ_FIELDS:
             check_array(name, np.asarray(arr), SEQ_FIELDS[name], s, file=file, rows_label="S")
-    start, length = np.asarray(seqs["seq_start"]), np.asarray(seqs["seq_len"])
-    if (length <= 0).any() or start[0] != 0 or (start[1:] != start[:-1] + length[:-1]).any() \
-            or start[-1] + length[-1] != n:
+    start, length = np.asarray(seqs["seq_start"], np.int64), np.asarray(seqs["seq_len"], np.int64)
+    if (length <= 0).any() or (length > n).any() or start[0] != 0 \
+            or (start[1:] != start[:-1] + length[:-1]).any() or start[-1] + length[-1] != n:
         raise InputError("sequences must tile the frames contiguously", file=file, field="seq_start",
                          expected=f"seq_start[0]=0, seq_start[i+1]=seq_start[i]+seq_len[i], "
                                   f"sum(seq_len)={n}")
+    check_units(np.asarray(frames["joints3d"]), file=file)
     return n
+
+
+#: A human body spans ~0.5-2.5 m around its pelvis; a median extent above this is not metres.
+MAX_BODY_EXTENT_M = 10.0
+
+
+def check_units(joints3d: np.ndarray, *, file: str | Path, field: str = "joints3d") -> None:
+    """Refuse joints that are evidently not in metres. joints3d: (N, J, 3), pelvis at joint 0.
+
+    The median over frames of the largest joint distance from the pelvis must stay below
+    :data:`MAX_BODY_EXTENT_M`; millimetres (H36M/3DHP raw files, AMASS exports) give ~1000.
+    """
+    extent = np.linalg.norm(joints3d - joints3d[:, :1], axis=-1).max(axis=1)
+    median = float(np.median(extent))
+    if median > MAX_BODY_EXTENT_M:
+        raise InputError(f"median body extent {median:.4g} around the pelvis (millimetres?)", file=file,
+                         field=field, expected=f"metres: a body spans less than {MAX_BODY_EXTENT_M:g} m")
+
+
+def _create_file(path: Path) -> h5py.File:
+    """A new HDF5 file with the chunk cache off: every chunk is written inside ``create_dataset``.
+
+    A failed write (disk full, file-size limit) then raises from that call. With a chunk cache, the
+    write happens when h5py drops the dataset object, where the error is swallowed and the following
+    ``close()`` can crash the interpreter (h5py 3.x, seen with RLIMIT_FSIZE). Arrays are always written
+    whole, so the cache buys nothing here.
+    """
+    return h5py.File(path, "w", rdcc_nbytes=0)
 
 
 def _create(h5: h5py.File, key: str, arr: np.ndarray, compressed: bool) -> None:
@@ -139,7 +171,7 @@ def write_split(path: str | Path, frames: Mapping[str, np.ndarray], seqs: Mappin
     path = Path(path)
     validate_split(frames, seqs, file=path)
     with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with _create_file(tmp) as h5:
             h5.attrs["schema_version"] = SCHEMA_VERSION
             for k, v in (attrs or {}).items():
                 h5.attrs[k] = v
@@ -165,7 +197,7 @@ def open_h5(path: str | Path) -> h5py.File:
 
 
 def _decode(a: np.ndarray) -> np.ndarray:
-    return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in a])
+    return np.array([s.decode("utf-8", errors="replace") if isinstance(s, bytes) else str(s) for s in a])
 
 
 @dataclass
@@ -190,23 +222,43 @@ class Split:
         return np.repeat(np.arange(self.num_seqs), self.seqs["seq_len"])
 
 
+def _check_members(group: h5py.Group, table: Mapping[str, Field], rows_label: str, path: Path) -> None:
+    """Every known member is a dataset of the right shape and dtype (metadata only, nothing read).
+
+    Checking before reading keeps a file that declares absurd shapes from being loaded at all.
+    """
+    rows: int | None = None
+    for name, field in table.items():
+        if name not in group:
+            continue
+        ds = group[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(f"is a {type(ds).__name__}", file=path, field=f"{group.name.lstrip('/')}/{name}",
+                             expected=field.describe(rows_label))
+        meta_field = Field(field.tail, field.kind, field.required, finite=False)
+        check_array(name, ds, meta_field, rows, file=path, rows_label=rows_label)
+        rows = ds.shape[0] if rows is None and ds.ndim else rows
+
+
 def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bool = False) -> Split:
     """Read and validate a split. Images and vertices are only read when asked for (they are big)."""
     path = Path(path)
     skip = {k for k, want in (("image", with_images), ("vertices", with_vertices)) if not want}
     with open_h5(path) as h5:
         version = h5.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if not (np.ndim(version) == 0 and np.issubdtype(np.asarray(version).dtype, np.integer)
+                and int(version) == SCHEMA_VERSION):
             raise InputError(f"schema_version {version}", file=path, field="schema_version",
                              expected=f"{SCHEMA_VERSION} (re-run the `prepare` stage)")
-        for group in ("frames", "sequences"):
-            if group not in h5:
+        for group, table, rows in (("frames", FRAME_FIELDS, "N"), ("sequences", SEQ_FIELDS, "S")):
+            if not isinstance(h5.get(group), h5py.Group):
                 raise InputError(f"missing group '{group}'", file=path, field=group,
                                  expected="a split written by hmrmamba")
+            _check_members(h5[group], table, rows, path)
         try:
             frames = {k: h5["frames"][k][()] for k in h5["frames"] if k not in skip}
             seqs = {k: h5["sequences"][k][()] for k in h5["sequences"]}
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise InputError(f"unreadable dataset ({exc})", file=path,
                              expected="a complete HDF5 file; it may be truncated — re-run its stage"
                              ) from None
@@ -221,7 +273,7 @@ def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bo
 def write_table(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
     """Atomically write a per-frame sibling table (detections, features) with attrs."""
     with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with _create_file(tmp) as h5:
             h5.attrs["schema_version"] = SCHEMA_VERSION
             for k, v in attrs.items():
                 h5.attrs[k] = v
@@ -246,9 +298,15 @@ def read_table(path: str | Path, fields: Mapping[str, Field], *, rows: int | Non
                     continue
                 raise InputError("missing dataset", file=path, field=name,
                                  expected=field.describe("N" if rows is None else str(rows)))
+            ds = h5[name]
+            if not isinstance(ds, h5py.Dataset):
+                raise InputError(f"is a {type(ds).__name__}", file=path, field=name,
+                                 expected=field.describe("N" if rows is None else str(rows)))
+            meta_field = Field(field.tail, field.kind, field.required, finite=False)  # shape/dtype only
+            check_array(name, ds, meta_field, rows, file=path)
             try:
-                out[name] = h5[name][()]
-            except OSError as exc:
+                out[name] = ds[()]
+            except (OSError, RuntimeError, ValueError, TypeError) as exc:
                 raise InputError(f"unreadable dataset ({exc})", file=path, field=name,
                                  expected="a complete HDF5 file; re-run its stage") from None
             check_array(name, out[name], field, rows, file=path)

@@ -60,15 +60,29 @@ class WindowDataset(Dataset):
     def __init__(self, arrays: Mapping[str, np.ndarray], *, seq_start: np.ndarray, seq_len: np.ndarray,
                  camera: np.ndarray, length: int = 16, stride: int = 4, centred: bool = False,
                  source: str = "<arrays>"):
-        if length < 1 or stride < 1:
-            raise InputError(f"length={length}, stride={stride}", field="window",
-                             expected="positive window length and stride")
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1
+                   for v in (length, stride)):
+            raise InputError(f"length={length!r}, stride={stride!r}", field="window",
+                             expected="positive integer window length and stride")
+        seq_start, seq_len = np.asarray(seq_start), np.asarray(seq_len)
+        if seq_start.ndim != 1 or seq_start.shape != seq_len.shape or seq_start.dtype.kind not in "iu" \
+                or seq_len.dtype.kind not in "iu":
+            raise InputError(f"seq_start {seq_start.shape} {seq_start.dtype}, seq_len {seq_len.shape} "
+                             f"{seq_len.dtype}", file=source, field="seq_start/seq_len",
+                             expected="two integer arrays (S,) of the same length")
         n = int(np.sum(seq_len))
-        if n == 0:
-            raise InputError("no frames", file=source, field="seq_len", expected="a non-empty split")
+        if n == 0 or (seq_len < 1).any():
+            raise InputError(f"sequence lengths {seq_len.tolist()[:10]}", file=source, field="seq_len",
+                             expected="a non-empty split, every sequence at least one frame")
+        if seq_start[0] != 0 or (seq_start[1:] != seq_start[:-1] + seq_len[:-1]).any():
+            raise InputError("sequences do not tile the frames contiguously", file=source, field="seq_start",
+                             expected="seq_start[0] = 0 and seq_start[i+1] = seq_start[i] + seq_len[i]")
+        if np.shape(camera) != (len(seq_len), 4):
+            raise InputError(f"shape {np.shape(camera)}", file=source, field="camera",
+                             expected=f"({len(seq_len)}, 4): fx, fy, cx, cy per sequence")
         for name, arr in arrays.items():
-            if arr.shape[0] != n:
-                raise InputError(f"{arr.shape[0]} rows", file=source, field=name,
+            if np.ndim(arr) == 0 or arr.shape[0] != n:
+                raise InputError(f"shape {np.shape(arr)}", file=source, field=name,
                                  expected=f"{n} rows, one per frame of the split")
         self.arrays = dict(arrays)
         self.length = length

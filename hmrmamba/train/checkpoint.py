@@ -83,10 +83,34 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     }
     path = Path(path)
     with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
+        out = _RecordingWriter(fh)
+        try:
+            torch.save(payload, out)
+            fh.flush()
+        except RuntimeError as exc:  # torch reports a failed write as "unexpected pos"; give the cause
+            if out.error is not None:
+                raise out.error from exc
+            raise
         os.fsync(fh.fileno())
     return path
+
+
+class _RecordingWriter:
+    """A binary file wrapper that remembers the first ``OSError`` of a ``write`` (e.g. ENOSPC)."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -98,7 +122,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle globals, empty file, ...
-        raise InputError(f"cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+        first = (str(exc).strip().splitlines() or ["no details"])[0][:200]
+        raise InputError(f"cannot read checkpoint ({type(exc).__name__}: {first})",
                          file=path, expected="a complete file written by hmrmamba.train.save_checkpoint") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError("not an hmrmamba checkpoint", file=path, field="format",
@@ -107,10 +132,37 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if missing:
         raise InputError(f"checkpoint lacks {missing}", file=path, field=missing[0],
                          expected=f"all of {list(_REQUIRED)}")
-    if int(ckpt["version"]) > CHECKPOINT_VERSION:
+    _check_types(ckpt, path)
+    if ckpt["version"] > CHECKPOINT_VERSION:
         raise InputError(f"checkpoint version {ckpt['version']} is newer than this hmrmamba understands",
                          file=path, field="version", expected=f"<= {CHECKPOINT_VERSION}")
     return ckpt
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_types(ckpt: Mapping[str, Any], path: Path) -> None:
+    """Every field a loader relies on has the type ``save_checkpoint`` writes."""
+    def bad(fld: str, expected: str) -> InputError:
+        return InputError(f"{type(ckpt[fld]).__name__} value", file=path, field=fld, expected=expected)
+
+    for fld in ("version", "epoch", "step"):
+        if not _is_int(ckpt[fld]) or ckpt[fld] < 0:
+            raise bad(fld, "a non-negative integer")
+    model = ckpt["model"]
+    if not isinstance(model, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise bad("model", "a state dict: parameter names -> tensors")
+    if not isinstance(ckpt["config"], Mapping):
+        raise bad("config", "a mapping (the resolved config)")
+    best = ckpt.get("best_metric")
+    if best is not None and not isinstance(best, (int, float)):
+        raise bad("best_metric", "a number or None")
+    for fld in ("optimizer", "scheduler"):
+        if ckpt.get(fld) is not None and not isinstance(ckpt[fld], Mapping):
+            raise bad(fld, "a state dict (mapping) or None")
 
 
 def _listing(keys: list[str], what: str) -> str:

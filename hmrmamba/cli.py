@@ -132,6 +132,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from hmrmamba.plots import contact_sheet
     from hmrmamba.skeleton import H36M17
 
+    from hmrmamba.errors import InputError
+
+    if args.sequences < 1:
+        raise InputError(f"--sequences {args.sequences}", field="--sequences", expected="an integer >= 1")
     root = _root() or Path.cwd()
     split = read_split(Layout(root).prepared(args.split), with_images=True)
     starts, lens = split.seqs["seq_start"], split.seqs["seq_len"]
@@ -312,11 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hmrmamba.atomic import WriteFailed
+    from hmrmamba.tracking import TrackingUnavailable
+
     try:
         return int(args.fn(args) or 0)
     except InputError as exc:
         print(f"hmrmamba {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (TrackingUnavailable, WriteFailed) as exc:
+        print(f"hmrmamba {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

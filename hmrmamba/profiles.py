@@ -27,13 +27,26 @@ def compose(root: Path, profile: str = "default", overrides: Sequence[str] = ())
     if profile not in available_profiles(root):
         raise InputError(f"unknown profile '{profile}'", file=root / "conf/profile", field="profile",
                          expected=f"one of {available_profiles(root)}")
-    with initialize_config_dir(config_dir=str((root / "conf").resolve()), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=[f"profile={profile}", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str((root / "conf").resolve()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=[f"profile={profile}", *overrides])
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(first, file=root / "conf/config.yaml", field="overrides",
+                         expected="overrides of existing keys, e.g. train_lift.epochs=2 (+key=value adds one)"
+                         ) from None
 
 
 def write_params(root: Path, params: dict[str, Any]) -> Path:
+    """Validate ``params`` and write them to ``root/params.yaml`` (atomically) -> the path."""
+    from hmrmamba.config import validate_params
+
     path = root / "params.yaml"
+    validate_params(params, file=path)
     with atomic_path(path) as tmp:
         tmp.write_text(HEADER.format(profile=params.get("profile", "?"))
                        + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=100))

@@ -65,7 +65,7 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     from hmrmamba.data.loading import load_split_arrays, select_sequences
     from hmrmamba.evaluate import predict_split, smpl_targets
     from hmrmamba.stages.evaluate import load_trained
-    from hmrmamba.train.experiment import experiment_settings
+    from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
 
     exp = experiment_settings(params)
     split = params.get("evaluate", {}).get("split", "test")
@@ -73,9 +73,9 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True)
     picked = pick_sequences(data.split.seqs["seq_len"], count=count, min_frames=window)
     sub = select_sequences(data, picked)
-    lift, _ = load_trained(layout.root / params["train_lift"]["checkpoint_dir"] / "best.pt", layout,
+    lift, _ = load_trained(checkpoint_dir(params, layout, "train_lift") / "best.pt", layout,
                            lift_only=True)
-    mesh, _ = load_trained(layout.root / params["train_mesh"]["checkpoint_dir"] / "best.pt", layout,
+    mesh, _ = load_trained(checkpoint_dir(params, layout, "train_mesh") / "best.pt", layout,
                            lift_only=False)
     p1 = predict_split(lift, sub, length=window, lift_only=True, progress=False)
     p2 = predict_split(mesh, sub, length=window, lift_only=False, progress=False)

@@ -17,6 +17,18 @@ for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
     os.environ.setdefault(_k, _v)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_does_not_leak():
+    """``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``; a test that leaves it set would send the
+    next test's stage runs to its store. Restore the variable (and the URI) after every test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 def tiny_params() -> dict:
     """The default profile shrunk to seconds: 3+2 short sequences at 64 px."""
     return compose(ROOT, "default", [

@@ -46,8 +46,8 @@ def _get(data, key: str, path: Path, *, alternatives: tuple[str, ...] = ()) -> n
 
 
 def _finite(x: np.ndarray, key: str, path: Path) -> np.ndarray:
-    if not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"dtype {x.dtype}", file=path, field=key, expected="numbers")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise InputError(f"dtype {x.dtype}", file=path, field=key, expected="real numbers")
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
         raise InputError(f"{int((~np.isfinite(x)).sum())} non-finite values", file=path, field=key,
@@ -65,7 +65,7 @@ def read_amass(path: str | Path, *, target_fps: float | None = None,
         raise MissingFileError("AMASS file not found", file=path, expected="an existing .npz file")
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(f"not a readable .npz ({e})", file=path,
                          field="file", expected="an AMASS .npz") from None
     with data:

@@ -246,6 +246,8 @@ def parse_bvh(text: str, *, source: str = "<bvh>") -> BvhClip:
         raise InputError(f"Frame Time {frame_time}", file=source, field="Frame Time",
                          expected="a positive number of seconds")
     num_frames = int(fm.group(1))
+    if num_frames < 1:
+        raise InputError(f"Frames: {num_frames}", file=source, field="Frames", expected="at least one frame")
     rows = body[2:]
     if len(rows) < num_frames:
         raise InputError(f"{len(rows)} frame rows", file=source, field="Frames",

@@ -159,6 +159,8 @@ def _float_array(x: Any, *, file: Path, fld: str, tail: tuple[int, ...], what: s
         raise InputError(
             f"shape {arr.shape} dtype {arr.dtype}{joints}", file=file, field=fld, expected=expected
         )
+    if arr.shape[0] < 1:
+        raise InputError("no frames", file=file, field=fld, expected=expected)
     arr = arr.astype(np.result_type(arr.dtype, np.float32), copy=False)  # float32 files stay float32
     if not np.isfinite(arr).all():
         raise InputError("non-finite values (NaN/Inf)", file=file, field=fld, expected=expected)

@@ -138,10 +138,11 @@ def read_mat(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             ) from None
         return out
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         data = loadmat(path, variable_names=list(keys))
-    except (ValueError, OSError, NotImplementedError, TypeError) as exc:
+    except (ValueError, OSError, NotImplementedError, TypeError, IndexError, MatReadError) as exc:
         raise InputError(
             f"not a readable .mat file ({exc})", file=path, expected="MPI-INF-3DHP's annot_data.mat"
         ) from None

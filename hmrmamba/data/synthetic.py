@@ -79,9 +79,21 @@ class SyntheticConfig:
         if cfg.frames[0] < 1 or cfg.frames[1] < cfg.frames[0]:
             raise InputError(f"frames={list(cfg.frames)}", file="params.yaml", field="synthetic.frames",
                              expected="[min, max] with 1 <= min <= max")
+        if not cfg.splits:
+            raise InputError("no splits", file="params.yaml", field="synthetic.splits",
+                             expected="at least one split, e.g. {train: {sequences: 40, subjects: 8}}")
         if any(s.sequences < 1 or s.subjects < 1 for s in cfg.splits):
             raise InputError("a split has no sequences or subjects", file="params.yaml",
                              field="synthetic.splits", expected="sequences >= 1 and subjects >= 1")
+        for key in ("distance", "height", "yaw_deg", "person_fraction"):
+            rng = getattr(cfg, key)
+            if len(rng) != 2 or not all(np.isfinite(rng)) or rng[0] > rng[1]:
+                raise InputError(f"{key}={list(rng)}", file="params.yaml", field=f"synthetic.camera.{key}",
+                                 expected="a finite range [lo, hi] with lo <= hi")
+        if cfg.distance[0] <= 0 or cfg.person_fraction[0] <= 0:
+            raise InputError(f"distance={list(cfg.distance)}, person_fraction={list(cfg.person_fraction)}",
+                             file="params.yaml", field="synthetic.camera",
+                             expected="distance and person_fraction ranges above 0")
         return cfg
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hmrmamba.atomic import write_json
-from hmrmamba.config import find_project_root, load_params
+from hmrmamba.config import find_project_root, load_params, validate_params
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
 
@@ -67,6 +67,8 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
 
     apply_offline_env()
     root = root or find_project_root()
+    if params is not None:  # params.yaml is validated by load_params; flows pass theirs in
+        validate_params(params, file=root / "params.yaml")
     params = params if params is not None else load_params(root / "params.yaml")
     set_threads(params)
     layout = Layout(root)
@@ -90,10 +92,16 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
 def main(stage: str, fn: StageFn) -> None:
     """Console entry for ``python -m hmrmamba.stages.<stage>``: clear one-line errors on bad input."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from hmrmamba.atomic import WriteFailed
+    from hmrmamba.tracking import TrackingUnavailable
+
     try:
         metrics = execute(stage, fn)
     except InputError as exc:
         print(f"hmrmamba {stage}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (TrackingUnavailable, WriteFailed) as exc:
+        print(f"hmrmamba {stage}: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     summary = ", ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
     print(f"[{stage}] {summary}")

@@ -34,9 +34,15 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.plots import per_joint_bar
     from hmrmamba.skeleton import H36M17, H36M_EVAL14
     from hmrmamba.tracking import child_run, log_artifact, log_metrics
-    from hmrmamba.train.experiment import experiment_settings
+    from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
 
     p = params[STAGE]
+    batch_size = p.get("batch_size", 64)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        from hmrmamba.errors import InputError
+
+        raise InputError(f"batch_size={batch_size!r}", file="params.yaml", field="evaluate.batch_size",
+                         expected="an integer >= 1")
     exp = experiment_settings(params)
     dataset = params.get("dataset", {}).get("name", "synthetic")
     window = int(params["train_mesh"]["window"])
@@ -54,9 +60,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
         gt_mesh = (gt_v - gt_pelvis[:, None], None)
     results: dict[str, Any] = {}
     tables = {}
-    for name, ckpt_dir, lift_only in (("stage1", params["train_lift"]["checkpoint_dir"], True),
-                                      ("mesh", params["train_mesh"]["checkpoint_dir"], False)):
-        model, _ = load_trained(layout.root / ckpt_dir / "best.pt", layout, lift_only=lift_only)
+    for name, stage, lift_only in (("stage1", "train_lift", True), ("mesh", "train_mesh", False)):
+        model, _ = load_trained(checkpoint_dir(params, layout, stage) / "best.pt", layout, lift_only=lift_only)
         pred = predict_split(model, data, length=window, batch_size=int(p.get("batch_size", 64)),
                              lift_only=lift_only)
         pelvis = None

@@ -16,10 +16,10 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
 
     from hmrmamba.body_model import load_smpl
     from hmrmamba.losses import MeshLossWeights
-    from hmrmamba.train.experiment import load_mesh_assets, train_stage
+    from hmrmamba.train.experiment import checkpoint_dir, load_mesh_assets, train_stage
     from hmrmamba.train.objectives import MeshObjective, MeshTargets, faces_tensor, loss_weights
 
-    init = layout.root / params["train_lift"]["checkpoint_dir"] / "best.pt"
+    init = checkpoint_dir(params, layout, "train_lift") / "best.pt"
     if not init.exists():
         raise MissingFileError("stage-1 checkpoint not found", file=init,
                                expected="the output of the train_lift stage (run `dvc repro train_lift`)")

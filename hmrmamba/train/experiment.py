@@ -38,6 +38,13 @@ def experiment_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"variant": variant, "detector": detector, "overrides": dict(exp.get("overrides") or {})}
 
 
+def checkpoint_dir(params: Mapping[str, Any], layout: Layout, stage: str) -> Path:
+    """``<stage>.checkpoint_dir`` resolved inside the project (``..`` escapes refused)."""
+    from hmrmamba.config import resolve_path
+
+    return resolve_path(layout.root, params[stage]["checkpoint_dir"], field=f"{stage}.checkpoint_dir")
+
+
 def load_mesh_assets(layout: Layout):
     """Mesh hierarchy, template and H36M regressor from the body_model stage -> MeshAssets."""
     from hmrmamba.body_model import load_body_arrays
@@ -111,7 +118,10 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     from hmrmamba.train.checkpoint import load_checkpoint
     from hmrmamba.train.objectives import validation
 
+    from hmrmamba.config import validate_params
+
     p = dict(params[stage])
+    validate_params({stage: p})  # also when called without execute(), e.g. from a notebook
     exp = experiment_settings(params)
     seed = int(p.get("seed", params.get("seed", 0)))
     seed_everything(seed)
@@ -126,6 +136,11 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     model, cfg = build_model(params, layout, lift_only=lift_only)
     if init_from is not None:
         state = load_checkpoint(init_from)["model"]
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        if wrong:
+            raise InputError(f"{len(wrong)} tensor(s) of another shape, e.g. {wrong[:3]}", file=init_from,
+                             field="model", expected=f"a stage-1 checkpoint of variant '{exp['variant']}'")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise InputError(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}", file=init_from,
@@ -138,7 +153,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
     loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)
     image_size = float(train.split.attrs["image_size"])
-    ckpt_dir = layout.root / p["checkpoint_dir"]
+    ckpt_dir = checkpoint_dir(params, layout, stage)
     config = {"model": cfg, "experiment": exp, "stage": stage, "train": p,
               "inputs": input_fingerprint([train.split.path, val.split.path] + ([init_from] if init_from else []))}
     discard_stale_checkpoints(ckpt_dir, config)

@@ -196,7 +196,7 @@ XFAIL_CLI = {
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=v[3])) for k, v in XFAIL_CLI.items()]
+    "case", list(XFAIL_CLI)
 )
 def test_commands_with_bad_arguments_known_gaps(project, capsys, monkeypatch, case):
     argv, command, needle, _ = XFAIL_CLI[case]

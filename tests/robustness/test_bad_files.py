@@ -687,14 +687,7 @@ def test_h36m_positions_truncated_anywhere(tmp_path, mini_h36m, reliability):
     reliability.bad_input("data.h36m (data_3d_h36m.npz)", "truncated at a random byte", examples=tried)
 
 
-XFAIL_H36M_EMPTY = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "h36m.load_positions_3d accepts an action with 0 frames; the split schema then refuses it without naming "
-        "data_3d_h36m.npz. Fix: hmrmamba/data/h36m.py _float_array, after the shape check: `if arr.shape[0] < 1: "
-        "raise InputError('no frames', file=file, field=fld, expected=expected)`"
-    ),
-)
+XFAIL_H36M_EMPTY = ()  # was a known gap (an action with 0 frames), fixed in h36m._float_array
 
 
 @pytest.mark.parametrize(
@@ -805,14 +798,6 @@ def test_3dpw_bad_values(tmp_path, reliability, case, field):
     reliability.bad_input("data.pw3d.read_sequence", case.replace("_", " "))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "read_mat lets scipy's MatReadError ('Mat file appears to be truncated') and IndexError escape for files "
-        "cut within their first ~128 bytes. Fix: hmrmamba/data/mpi3dhp.py read_mat: `from scipy.io.matlab import "
-        "MatReadError` and `except (ValueError, OSError, NotImplementedError, TypeError, IndexError, MatReadError)`"
-    ),
-)
 def test_3dhp_annotations_truncated_anywhere(tmp_path, reliability):
     from hmrmamba.data.fabricate import write_mini_3dhp
     from hmrmamba.data.mpi3dhp import read_sequence
@@ -888,14 +873,6 @@ def test_amass_generated_bad_arrays(tmp_path, reliability):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "read_amass accepts complex arrays and silently drops the imaginary part (np.number includes complex). "
-        "Fix: hmrmamba/data/amass.py _finite: `if not (np.issubdtype(x.dtype, np.integer) or "
-        "np.issubdtype(x.dtype, np.floating)):`"
-    ),
-)
 @pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
 def test_amass_complex_numbers_are_refused(tmp_path, reliability):
     from hmrmamba.data.amass import read_amass
@@ -908,13 +885,6 @@ def test_amass_complex_numbers_are_refused(tmp_path, reliability):
     reliability.bad_input("data.amass.read_amass", "complex poses")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "read_amass lets numpy's EOFError ('No data left in file') escape for an empty file. Fix: "
-        "hmrmamba/data/amass.py read_amass: `except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:`"
-    ),
-)
 def test_amass_truncated_anywhere(tmp_path, reliability):
     from hmrmamba.data.amass import read_amass
 
@@ -996,14 +966,6 @@ def test_bvh_truncated_anywhere_parses_or_fails_cleanly(tmp_path, reliability):
             "Frames: 3",
             "Frames: 0",
             "Frames",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "parse_bvh accepts 'Frames: 0' (an empty clip). Fix: hmrmamba/data/bvh.py parse_bvh after `num_frames = "
-                    "int(fm.group(1))`: `if num_frames < 1: raise InputError('Frames: 0', file=source, field='Frames', "
-                    "expected='at least one frame')`"
-                ),
-            ),
         ),
         ("negative_frame_time", "Frame Time: 0.0333333", "Frame Time: -0.03", "Frame Time"),
         ("nan_frame_time", "Frame Time: 0.0333333", "Frame Time: nan", "Frame Time"),

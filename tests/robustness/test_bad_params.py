@@ -243,17 +243,6 @@ def test_stage_outside_a_project_says_where_it_looked(tmp_path, reliability, mon
     reliability.bad_input("stage frame", "run outside a project (no params.yaml)")
 
 
-XFAIL_EXECUTE_VALIDATES = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "execute() checks params.yaml (load_params validates it) but not params passed in by the flows. Fix: "
-        "hmrmamba/stages/common.py execute(), after `params = params if params is not None else ...`: "
-        "`validate_params(params, file=root / 'params.yaml')` (from hmrmamba.config import validate_params)"
-    ),
-)
-
-
-@XFAIL_EXECUTE_VALIDATES
 @pytest.mark.parametrize(
     "key, value", [("train_lift.lr", float("nan")), ("train_lift.checkpoint_dir", "../../x")]
 )
@@ -514,7 +503,7 @@ XFAIL_RUN = {
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=r)) for c, r in XFAIL_RUN.items()]
+    "case", list(XFAIL_RUN)
 )
 def test_stage_run_with_bad_inputs_known_gaps(project, case, monkeypatch):
     """Bad inputs that other modules still let through; each reason names the fix."""

@@ -230,18 +230,6 @@ def test_parallel_runs_in_one_sqlite_store_are_neither_lost_nor_mixed(tmp_path, 
     )
 
 
-XFAIL_MAIN = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "hmrmamba/stages/common.py main() catches only InputError, so TrackingUnavailable and WriteFailed print "
-        "a traceback. Fix: `except (InputError, TrackingUnavailable, WriteFailed) as exc:` print the same one-line "
-        "error and exit with status 2 for InputError, 1 for the others (from hmrmamba.tracking import "
-        "TrackingUnavailable; from hmrmamba.atomic import WriteFailed); the same in hmrmamba/cli.py main()"
-    ),
-)
-
-
-@XFAIL_MAIN
 def test_stage_command_with_the_server_down_prints_one_line(project, reliability):
     from .support import run_stage_process, write_yaml_params
 

@@ -209,6 +209,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from hmrmamba import reliability
+
+    argv = [*(["--slow"] if args.slow else []), *(["--no-audit"] if args.no_audit else []),
+            *(["-o", args.output] if args.output else [])]
+    return reliability.main(argv)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hmrmamba.demo.pipeline import run_demo, summary_line
 
@@ -284,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_efficiency)
     sub.add_parser("results", help="re-render docs/results.md from the finished runs of flows/results.py"
                    ).set_defaults(fn=cmd_results)
+    p = sub.add_parser("reliability", help="run the bad-input/fault/security suite, write docs/reliability.md "
+                                           "(more options: python -m hmrmamba.reliability --help)")
+    p.add_argument("--slow", action="store_true", help="also run the slow fault tests (whole-stage kills)")
+    p.add_argument("--no-audit", action="store_true", help="skip pip-audit")
+    p.add_argument("-o", "--output", help="markdown file to write (default docs/reliability.md)")
+    p.set_defaults(fn=cmd_reliability)
     p = sub.add_parser("demo", help="meshes, overlay video and pictures from a video file or frame folder")
     p.add_argument("video", help="a video file (mp4/avi/...) or a folder of jpg/png frames")
     p.add_argument("--out", required=True, help="output folder (replaced as a whole when the demo succeeds)")

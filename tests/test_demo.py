@@ -37,13 +37,12 @@ FRAMES = 20
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project folder with tiny params and the body model stage run."""
-    from conftest import tiny_params
-
+    from hmrmamba.profiles import compose
     from hmrmamba.stages import body_model
     from hmrmamba.stages.common import execute
 
     root = tmp_path_factory.mktemp("demo_project")
-    params = tiny_params()
+    params = compose(Path(__file__).resolve().parents[1], "default", ["synthetic.image_size=64"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     execute(body_model.STAGE, body_model.run, root=root, params=params, log_to_mlflow=False)
     return root

@@ -25,7 +25,7 @@ from hmrmamba import __version__
 from hmrmamba.errors import InputError
 
 STAGES = ("body_model", "prepare", "detect2d", "features", "train_lift", "train_mesh", "evaluate",
-          "efficiency")
+          "efficiency", "report")
 
 
 def _root() -> Path | None:
@@ -91,6 +91,9 @@ def cmd_where(args: argparse.Namespace) -> int:
         print("not inside an hmrmamba checkout", file=sys.stderr)
         return 1
     lay = Layout(root)
+    report = root / "reports/report.md"
+    print(f"report      {report}" + ("" if report.exists() else "   (not yet: dvc repro report)"))
+    print(f"results     {root / 'docs/results.md'}   (Tables 1-3 over variants: python flows/results.py)")
     print(f"data        {root / 'data'}")
     print(f"metrics     {root / 'metrics'}")
     print(f"plots       {root / 'plots'}")

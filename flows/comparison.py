@@ -4,7 +4,10 @@ compare their MLflow runs, publish.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flows import common
@@ -37,6 +40,42 @@ def summary_markdown(flow_name: str, *, params: Mapping[str, Any], uri: str, par
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class FlowSession:
+    """What a flow over variants has once its checks passed and its data exist: the params (tracking URI
+    pinned), the store, the base tags, the MLflow parent run and how many variants may run at once."""
+
+    params: dict[str, Any]
+    uri: str
+    tags: dict[str, str]
+    parent_run_id: str
+    parallel: int
+
+
+@contextlib.contextmanager
+def flow_session(flow_name: str, project: Path, params: Mapping[str, Any], *, max_parallel: int | None,
+                 prepare_data: bool) -> Iterator[FlowSession]:
+    """Check ``max_parallel`` and the data, open the flow's MLflow parent run and run the data stages when
+    their outputs are missing (``prepare_data``) -> the session, inside the parent run."""
+    if max_parallel is not None and max_parallel < 1:
+        raise InputError(f"max_parallel={max_parallel}", field="max_parallel", expected="an integer >= 1")
+    uri = common.tracking_uri(project, params)
+    params = common.pin_tracking(params, uri)
+    need_data = not common.data_ready(project)
+    if need_data and not prepare_data:
+        raise MissingFileError("the data stages have not run", file=project / "data", field="prepare_data",
+                               expected="`dvc repro features` first, or prepare_data=True")
+    base_tags = {"flow": flow_name, "flow_run_id": common.flow_run_id()}
+    common.ensure_experiments(project, uri, [*(common.DATA_STAGES if need_data else ()), *common.CHAIN])
+    with common.parent_run(root=project, uri=uri, flow_name=flow_name, tags=base_tags, params=params) as pid:
+        if need_data:
+            data = common.run_graph(GRAPH, common.DATA_STAGES, root=project, params=params,
+                                    tags_for=lambda stage: base_tags, parent_run_id=pid)
+            common.raise_if_failed(data, "data stage")
+        yield FlowSession(params=params, uri=uri, tags=base_tags, parent_run_id=pid,
+                          parallel=max_parallel or common.default_parallel(params))
+
+
 def run_comparison(flow_name: str, *, root: str | None, profile: str | None, overrides: list[str] | None,
                    max_parallel: int | None, prepare_data: bool,
                    make_variants: Callable[[Mapping[str, Any]], list[common.Variant]], by: str,
@@ -52,24 +91,10 @@ def run_comparison(flow_name: str, *, root: str | None, profile: str | None, ove
     project = common.resolve_root(root)
     params = common.load_flow_params(project, profile, overrides)
     variants = make_variants(params)
-    if max_parallel is not None and max_parallel < 1:
-        raise InputError(f"max_parallel={max_parallel}", field="max_parallel", expected="an integer >= 1")
-    uri = common.tracking_uri(project, params)
-    params = common.pin_tracking(params, uri)
-    parallel = max_parallel or common.default_parallel(params)
-    need_data = not common.data_ready(project)
-    if need_data and not prepare_data:
-        raise MissingFileError("the data stages have not run", file=project / "data", field="prepare_data",
-                               expected="`dvc repro features` first, or prepare_data=True")
-    base_tags = {"flow": flow_name, "flow_run_id": common.flow_run_id()}
-    common.ensure_experiments(project, uri, [*(common.DATA_STAGES if need_data else ()), *common.CHAIN])
-    with common.parent_run(root=project, uri=uri, flow_name=flow_name, tags=base_tags, params=params) as pid:
-        if need_data:
-            data = common.run_graph(GRAPH, common.DATA_STAGES, root=project, params=params,
-                                    tags_for=lambda stage: base_tags, parent_run_id=pid)
-            common.raise_if_failed(data, "data stage")
+    with flow_session(flow_name, project, params, max_parallel=max_parallel, prepare_data=prepare_data) as fs:
+        params, uri, base_tags, pid = fs.params, fs.uri, fs.tags, fs.parent_run_id
         futures = common.run_variants(variants, root=project, flow_name=flow_name, params=params, uri=uri,
-                                      base_tags=base_tags, parent_run_id=pid, max_parallel=parallel)
+                                      base_tags=base_tags, parent_run_id=pid, max_parallel=fs.parallel)
         results = {k: f.result() for k, f in futures.items() if f.state.is_completed()}
         table, plots = None, []
         if results:

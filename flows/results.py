@@ -22,10 +22,8 @@ import argparse
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import common
-from flows.pipeline import GRAPH
+from flows import common, comparison
 from hmrmamba import results as R
-from hmrmamba.errors import InputError, MissingFileError
 
 FLOW = "results"
 
@@ -44,27 +42,13 @@ def results(root: str | None = None, profile: str | None = None, overrides: list
     params = common.load_flow_params(project, profile, overrides)
     common.check_experiment(params)
     plan = R.make_plan(params)
-    if max_parallel is not None and max_parallel < 1:
-        raise InputError(f"max_parallel={max_parallel}", field="max_parallel", expected="an integer >= 1")
-    uri = common.tracking_uri(project, params)
-    params = common.pin_tracking(params, uri)
-    need_data = not common.data_ready(project)
-    if need_data and not prepare_data:
-        raise MissingFileError("the data stages have not run", file=project / "data", field="prepare_data",
-                               expected="`dvc repro features` first, or prepare_data=True")
-    base_tags = {"flow": FLOW, "flow_run_id": common.flow_run_id()}
-    common.ensure_experiments(project, uri, [*(common.DATA_STAGES if need_data else ()), *common.CHAIN])
-    with common.parent_run(root=project, uri=uri, flow_name=FLOW, tags=base_tags, params=params) as pid:
-        if need_data:
-            data = common.run_graph(GRAPH, common.DATA_STAGES, root=project, params=params,
-                                    tags_for=lambda stage: base_tags, parent_run_id=pid)
-            common.raise_if_failed(data, "data stage")
-        futures = common.run_variants(variants(plan), root=project, flow_name=FLOW, params=params, uri=uri,
-                                      base_tags=base_tags, parent_run_id=pid,
-                                      max_parallel=max_parallel or common.default_parallel(params))
+    with comparison.flow_session(FLOW, project, params, max_parallel=max_parallel,
+                                 prepare_data=prepare_data) as fs:
+        futures = common.run_variants(variants(plan), root=project, flow_name=FLOW, params=fs.params, uri=fs.uri,
+                                      base_tags=fs.tags, parent_run_id=fs.parent_run_id, max_parallel=fs.parallel)
         common.raise_if_failed(futures, "run")
-        path = R.write_document(project, params, command="python flows/results.py")
-        common.log_parent_artifacts(uri, pid, [path, path.with_suffix(".json")])
+        path = R.write_document(project, fs.params, command="python flows/results.py")
+        common.log_parent_artifacts(fs.uri, fs.parent_run_id, [path, path.with_suffix(".json")])
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(markdown=path.read_text(), key=common.artifact_key(FLOW, "summary"),

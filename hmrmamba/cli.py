@@ -131,11 +131,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hmrmamba.data.h5schema import read_split
+    from hmrmamba.errors import InputError
     from hmrmamba.layout import Layout
     from hmrmamba.plots import contact_sheet
     from hmrmamba.skeleton import H36M17
-
-    from hmrmamba.errors import InputError
 
     if args.sequences < 1:
         raise InputError(f"--sequences {args.sequences}", field="--sequences", expected="an integer >= 1")

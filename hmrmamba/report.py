@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ def pick_sequences(seq_len: np.ndarray, *, count: int, min_frames: int) -> list[
     ok = [i for i, n in enumerate(seq_len) if int(n) >= min_frames]
     if len(ok) <= count:
         return ok
-    return [ok[int(round(k))] for k in np.linspace(0, len(ok) - 1, count)]
+    return [ok[round(k)] for k in np.linspace(0, len(ok) - 1, count)]
 
 
 def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredictions:
@@ -86,12 +86,8 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     # the model predicts root-relative meshes: place them at the ground-truth pelvis for the pictures
     pred_root = np.einsum("jv,nvc->njc", reg.numpy(), p2.vertices)[:, 0]
     pred_v = p2.vertices - pred_root[:, None] + sub.arrays["root"][:, None]
-    images = None
-    try:
-        full = read_split(layout.prepared(split), with_images=True)
-        images = full.frames.get("image")
-    except Exception:  # real splits store no frames; the pictures then use a plain background
-        images = None
+    # real splits store no frames (None): the pictures then use a plain background
+    images = read_split(layout.prepared(split), with_images=True).frames.get("image")
     size = int(data.split.attrs["image_size"])
     out = ClipPredictions([], [], [], [], [], [], [], [],
                           tuple(images.shape[1:3]) if images is not None else (size, size))
@@ -253,9 +249,9 @@ def build_report(layout, params: Mapping[str, Any], *, out_dir: Path, clips: int
     lines += ["", "## Per-joint error", ""]
     lines += ["![per-joint MPJPE](per_joint_error.png)"] if "per_joint_error.png" in pictures else []
     lines += ["", "## Meshes: ground truth vs prediction (cf. the paper's Figure 4)", "",
-              "Rows per clip: the frame, the ground-truth mesh, the predicted mesh, then both turned 90° "
-              "about the vertical axis. The model predicts root-relative meshes; they are drawn at the "
-              "ground-truth pelvis.", "", "![meshes](meshes.png)", "",
+              ("Rows per clip: the frame, the ground-truth mesh, the predicted mesh, then both turned 90° "
+               "about the vertical axis. The model predicts root-relative meshes; they are drawn at the "
+               "ground-truth pelvis."), "", "![meshes](meshes.png)", "",
               "## Acceleration error over time", "", "![acceleration error](accel_over_time.png)", ""]
     with atomic_path(out_dir / "report.md") as tmp:
         Path(tmp).write_text("\n".join(lines))

@@ -228,10 +228,10 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
         "Human3.6M, 3DPW or MPI-INF-3DHP**; they show that the pipeline learns and how the variants",
         "rank on this data, not the paper's numbers.",
         "",
-        f"- profile `{params.get('profile', '?')}`, dataset `{dataset}`, base variant `{exp.get('variant')}`, "
-        f"2D source `{exp.get('detector')}`",
-        f"- train_lift {params['train_lift']['epochs']} epochs, train_mesh {params['train_mesh']['epochs']} "
-        f"epochs; seeds {list(seeds)} for Table 1, seed {seeds[0]} elsewhere",
+        (f"- profile `{params.get('profile', '?')}`, dataset `{dataset}`, base variant `{exp.get('variant')}`, "
+         f"2D source `{exp.get('detector')}`"),
+        (f"- train_lift {params['train_lift']['epochs']} epochs, train_mesh {params['train_mesh']['epochs']} "
+         f"epochs; seeds {list(seeds)} for Table 1, seed {seeds[0]} elsewhere"),
     ]
     if machine:
         lines.append(f"- machine: {machine}")

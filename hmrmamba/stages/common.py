@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from hmrmamba.atomic import write_json
 from hmrmamba.config import find_project_root, load_params, validate_params

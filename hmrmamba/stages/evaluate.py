@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hmrmamba.errors import MissingFileError
 from hmrmamba.layout import Layout
@@ -24,7 +25,6 @@ def load_trained(path, layout: Layout, *, lift_only: bool):
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
-    import numpy as np
     import torch
 
     from hmrmamba.atomic import atomic_path
@@ -92,7 +92,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     with child_run(dataset, tags={"dataset": dataset}):
         log_metrics({**results["mesh"], **{f"stage1_{k}": v for k, v in results["stage1"].items()}})
     return {dataset: results["mesh"], "stage1": {dataset: results["stage1"]}, "variant": exp["variant"],
-            "detector": exp["detector"], "frames": int(len(data.arrays["kp2d"]))}
+            "detector": exp["detector"], "frames": len(data.arrays["kp2d"])}
 
 
 if __name__ == "__main__":

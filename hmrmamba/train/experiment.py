@@ -7,8 +7,9 @@ where they start (stage 2 loads stage-1 weights and fine-tunes the whole network
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,12 +114,11 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
                 lift_only: bool, init_from: Path | None = None) -> dict[str, Any]:
     """Train one stage with the generic Trainer and return its summary metrics."""
     from hmrmamba import tracking
+    from hmrmamba.config import validate_params
     from hmrmamba.data.loading import load_split_arrays
     from hmrmamba.train import Trainer, make_loader, seed_everything
     from hmrmamba.train.checkpoint import load_checkpoint
     from hmrmamba.train.objectives import validation
-
-    from hmrmamba.config import validate_params
 
     p = dict(params[stage])
     validate_params({stage: p})  # also when called without execute(), e.g. from a notebook

@@ -5,8 +5,9 @@ The generic :class:`hmrmamba.train.loop.Trainer` calls these; the DVC stages onl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class MeshTargets(nn.Module):
     @torch.no_grad()
     def forward(self, pose: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor):
         b, t = pose.shape[:2]
-        flat = lambda x: x.reshape(b * t, -1)  # noqa: E731
+        flat = lambda x: x.reshape(b * t, -1)
         out = self.smpl(global_orient=flat(pose)[:, :3], body_pose=flat(pose)[:, 3:], betas=flat(betas),
                         transl=flat(trans))
         verts = out.vertices
@@ -71,7 +72,7 @@ class MeshObjective:
             self.targets.to(out.vertices.device)
         t = out.vertices.shape[1]
         idx = supervised_frames(t, self.frames, device=out.vertices.device)
-        pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])  # noqa: E731
+        pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])
         gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]), pick(batch["smpl_trans"]))
         pred_v = pick(out.vertices - out.joints[:, :, :1])
         pred_j = pick(out.joints - out.joints[:, :, :1])

@@ -219,6 +219,8 @@ PARAMS_SCHEMA: dict[str, Rule] = {
     "experiment.overrides": Rule("map"),
     **_train_rules("train_lift"),
     **_train_rules("train_mesh"),
+    "train_mesh.loss_frames": _int(1, 8192, optional=True),
+    "features.image_root": _OPT_PATH,
     "evaluate.split": _STR,
     "evaluate.batch_size": _COUNT,
     "report.dir": Rule("outdir"),

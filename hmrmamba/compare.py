@@ -60,6 +60,8 @@ def comparison_table(*, root: Path, experiment: str = "evaluate", by: str = "var
                          field="--by", expected="runs made by the flows (flows/ablation.py, flows/detectors.py), "
                                                 "which tag variant and detector2d")
     runs = runs[runs[tag_col].replace("", np.nan).notna()]
+    if "tags.nested_in" in runs:  # per-dataset child runs repeat their stage run's numbers
+        runs = runs[runs["tags.nested_in"].replace("", np.nan).isna()]
     latest = runs.drop_duplicates(subset=[tag_col], keep="first")
     metric_cols = [c for c in latest.columns if c.startswith(_METRIC) and latest[c].notna().any()]
     names = [c[len(_METRIC):] for c in metric_cols]

@@ -244,8 +244,12 @@ def child_run(name: str, *, tags: Mapping[str, str] | None = None) -> Iterator[A
     if parent is None:
         yield None
         return
-    inherited = {k: v for k, v in mlflow.get_run(parent.info.run_id).data.tags.items()
-                 if not k.startswith("mlflow.")}
+    # the flow tags stay with the stage run, so that flows and `hmrmamba compare` (which pick one run per
+    # variant and flow run) never mistake a child for its stage run; `nested_in` marks the child
+    parent_tags = mlflow.get_run(parent.info.run_id).data.tags
+    inherited = {k: v for k, v in parent_tags.items()
+                 if not k.startswith("mlflow.") and k not in ("flow", "flow_run_id")}
+    inherited["nested_in"] = parent_tags.get("stage", "")
     with mlflow.start_run(run_name=name, experiment_id=parent.info.experiment_id,
                           parent_run_id=parent.info.run_id, nested=True,
                           tags={**inherited, **(tags or {})}) as run:

@@ -23,7 +23,7 @@ def test_data_stages_carry_no_variant_tag():
 def test_child_run_is_nested_in_the_parent_experiment_and_inherits_tags(tmp_path):
     mlflow = pytest.importorskip("mlflow")
     with tracking.stage_run("evaluate", root=tmp_path, params={"split": "test"},
-                            tags={"variant": "tiny", "dataset": "synthetic"}) as parent:
+                            tags={"variant": "tiny", "dataset": "synthetic", "flow_run_id": "f1"}) as parent:
         with tracking.child_run("h36m", tags={"dataset": "h36m"}) as child:
             tracking.log_metrics({"mpjpe": 12.5})
             child_id = child.info.run_id
@@ -33,6 +33,7 @@ def test_child_run_is_nested_in_the_parent_experiment_and_inherits_tags(tmp_path
     assert got.info.experiment_id == exp_id
     assert got.data.tags["mlflow.parentRunId"] == parent_id
     assert got.data.tags["variant"] == "tiny" and got.data.tags["dataset"] == "h36m"
+    assert got.data.tags["nested_in"] == "evaluate" and "flow_run_id" not in got.data.tags
     assert got.data.metrics["mpjpe"] == 12.5
     assert (tmp_path / "mlflow.db").exists()
 

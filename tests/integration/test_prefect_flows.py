@@ -132,3 +132,27 @@ def test_a_failing_stage_is_a_failed_task_and_fails_the_flow(flow_project, task_
     assert runs["evaluate [main]"][0] == "NotReady"  # never ran
     summary = artifact("hmrmamba-pipeline-summary", state.state_details.flow_run_id).data
     assert "| train_mesh | Failed |" in summary
+
+
+def test_results_flow_writes_the_document_from_its_runs(flow_project, task_runs, artifact):
+    from flows.results import results
+
+    root, _ = flow_project
+    out = "outputs/results_test.md"
+    state = results(root=str(root), max_parallel=1, return_state=True,
+                    overrides=["results.seeds=[0]", "results.table1=[tiny]", "results.table2=[gt]",
+                               "results.table3=[full]", f"results.output={out}"])
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert set(runs) == {"tiny-cpn-s0", "tiny-gt-s0", "train_lift [tiny-cpn-s0]", "train_mesh [tiny-cpn-s0]",
+                         "evaluate [tiny-cpn-s0]", "train_lift [tiny-gt-s0]", "train_mesh [tiny-gt-s0]",
+                         "evaluate [tiny-gt-s0]"}  # 'full' on cpn with seed 0 is Table 1's run: trained once
+    md = (root / out).read_text()
+    ev = json.loads((root / "outputs/flows/results/tiny-cpn-s0/metrics/evaluate.json").read_text())
+    row = next(line for line in md.splitlines() if line.startswith("| `tiny` |"))
+    assert f"{ev['synthetic']['mpjpe']:.1f}" in row and "mean pose (no model)" in md
+    assert "| full | ✓ | ✓ | ✓ |" in md and "| `gt` | 0.00 |" in md
+    saved = json.loads((root / out).with_suffix(".json").read_text())
+    assert saved["runs"]["tiny-cpn-s0"]["synthetic"]["mpjpe"] == pytest.approx(ev["synthetic"]["mpjpe"])
+    summary = artifact("hmrmamba-results-summary", state.state_details.flow_run_id)
+    assert "Table 1 analogue" in summary.data

@@ -53,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from hmrmamba.data.h36m_cameras import CAMERA_IDS, NUM_CAMERAS, SUBJECTS, H36MCamera, h36m_camera
-from hmrmamba.data.real import PreparedSplit, SplitBuilder, require_files, smpl_to_camera, zero_smpl
+from hmrmamba.data.real import (
+    PreparedSplit,
+    SplitBuilder,
+    check_options,
+    require_files,
+    smpl_to_camera,
+    zero_smpl,
+)
 from hmrmamba.errors import InputError, MissingFileError
 
 POSITIONS_3D_FILE = "data_3d_h36m.npz"
@@ -394,14 +401,7 @@ class H36MConfig:
             "detections",
             "smpl_fits",
         }
-        unknown = sorted(set(p) - known)
-        if unknown:
-            raise InputError(
-                f"unknown option(s) {unknown}",
-                file="params.yaml",
-                field="datasets.h36m",
-                expected=f"options among {sorted(known)}",
-            )
+        check_options(p, known, section="h36m")
         kw: dict[str, Any] = {}
         for k in ("train_subjects", "test_subjects"):
             if p.get(k) is not None:

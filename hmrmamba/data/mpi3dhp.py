@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.real import PreparedSplit, SplitBuilder, require_files, zero_smpl
+from hmrmamba.data.real import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import MPI_TO_H36M
 
@@ -79,14 +79,7 @@ class MPI3DHPConfig:
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> MPI3DHPConfig:
         known = {"root", "sequences", "joints3d", "split"}
-        unknown = sorted(set(p) - known)
-        if unknown:
-            raise InputError(
-                f"unknown option(s) {unknown}",
-                file="params.yaml",
-                field="datasets.mpi3dhp",
-                expected=f"options among {sorted(known)}",
-            )
+        check_options(p, known, section="mpi3dhp")
         kw: dict[str, Any] = {}
         seqs = p.get("sequences")
         if seqs is not None:

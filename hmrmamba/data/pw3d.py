@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.real import PreparedSplit, SplitBuilder, project_pinhole, require_files, smpl_to_camera
+from hmrmamba.data.real import (
+    PreparedSplit,
+    SplitBuilder,
+    check_options,
+    project_pinhole,
+    require_files,
+    smpl_to_camera,
+)
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import COCO17, H36M17, SMPL24
 
@@ -120,14 +127,7 @@ class PW3DConfig:
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> PW3DConfig:
         known = {"root", "splits", "smpl_male", "smpl_female", "h36m_regressor"}
-        unknown = sorted(set(p) - known)
-        if unknown:
-            raise InputError(
-                f"unknown option(s) {unknown}",
-                file="params.yaml",
-                field="datasets.pw3d",
-                expected=f"options among {sorted(known)}",
-            )
+        check_options(p, known, section="pw3d")
         splits = p.get("splits")
         if splits is None:
             return cls()

@@ -125,6 +125,14 @@ def project_pinhole(points: np.ndarray, intrinsics: Sequence[float]) -> np.ndarr
     return np.stack([fx * points[..., 0] / z + cx, fy * points[..., 1] / z + cy], axis=-1)
 
 
+def check_options(p: Mapping[str, Any], known: set[str], *, section: str) -> None:
+    """Refuse keys of the ``datasets.<section>`` params that the reader does not know."""
+    unknown = sorted(set(p) - known)
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown}", file="params.yaml", field=f"datasets.{section}",
+                         expected=f"options among {sorted(known)}")
+
+
 def require_files(paths: Sequence[Path], *, dataset: str, how: str) -> None:
     """Raise one :class:`MissingFileError` listing every absent path (before any reading)."""
     missing = [p for p in paths if not Path(p).exists()]

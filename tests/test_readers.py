@@ -638,3 +638,15 @@ def test_default_config_runs_on_the_default_mini_h36m(tmp_path, tiny_params):
     err = {s: det["test"][s]["mean_px"] for s in ("gt", "cpn", "detectron", "sh")}
     assert err["gt"] == 0.0 and 0 < err["cpn"] < err["detectron"] < err["sh"]  # the files' noise levels
     assert len(mini.positions_3d) == 7
+
+
+@pytest.mark.parametrize("module, cls, section", [("h36m", "H36MConfig", "h36m"), ("pw3d", "PW3DConfig", "pw3d"),
+                                                   ("mpi3dhp", "MPI3DHPConfig", "mpi3dhp")])
+def test_reader_options_refuse_unknown_keys(module, cls, section):
+    import importlib
+
+    from hmrmamba.errors import InputError
+
+    config = getattr(importlib.import_module(f"hmrmamba.data.{module}"), cls)
+    with pytest.raises(InputError, match=rf"datasets\.{section}.*unknown option\(s\) \['bogus'\]"):
+        config.from_params({"bogus": 1})

@@ -15,30 +15,13 @@ which otherwise stall every multi-threaded op of a step-by-step loop.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 
 import torch
 
+from hmrmamba.efficiency import scan_inputs
 from hmrmamba.ssm.scan import selective_scan, selective_scan_ref
-
-
-def make_inputs(batch: int, dim: int, seqlen: int, dstate: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of a Mamba block's scan: u, delta, z (batch, dim, L); A (dim, N); B, C (batch, N, L)."""
-    g = torch.Generator().manual_seed(seed)
-    dt = torch.exp(torch.rand(dim, generator=g) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
-    return {
-        "u": torch.randn(batch, dim, seqlen, generator=g),
-        "delta": torch.randn(batch, dim, seqlen, generator=g) * 0.5,
-        "A": -torch.arange(1, dstate + 1, dtype=torch.float32).repeat(dim, 1),
-        "B": torch.randn(batch, dstate, seqlen, generator=g),
-        "C": torch.randn(batch, dstate, seqlen, generator=g),
-        "D": torch.ones(dim),
-        "z": torch.randn(batch, dim, seqlen, generator=g),
-        "delta_bias": dt + torch.log(-torch.expm1(-dt)),
-    }
-
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -149,14 +132,14 @@ def main(argv: list[str] | None = None) -> None:
           f"; B={args.batch}, D={args.dim}, N={args.dstate}, float32; {args.clock} clock, "
           f"best of {args.repeats} "
           f"(ref: {args.ref_repeats})\n")
-    small = make_inputs(4, 16, 50, args.dstate)
+    small = scan_inputs(batch=4, dim=16, length=50, dstate=args.dstate)
     print(f"parity check (B=4, D=16, L=50): max relative difference of out and all gradients "
           f"= {check_parity(small):.1e}\n")
     print("| L | scan fwd (ms) | scan fwd+bwd (ms) | fwd+bwd per step (ms) | ref fwd (ms) | ref fwd+bwd (ms) "
           "| speed-up fwd+bwd |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for seqlen in args.lengths:
-        inputs = make_inputs(args.batch, args.dim, seqlen, args.dstate)
+        inputs = scan_inputs(batch=args.batch, dim=args.dim, length=seqlen, dstate=args.dstate)
         time_fwd_bwd(selective_scan, inputs, 1)  # warm-up
         f, fb = time_fwd_bwd(selective_scan, inputs, args.repeats, args.clock)
         if seqlen <= args.ref_max_len:
@@ -167,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {seqlen} | {f * 1e3:.1f} | {fb * 1e3:.1f} | {fb * 1e3 / seqlen:.2f} | {ref_cols} |",
               flush=True)
     if args.alternatives:
-        time_alternatives(make_inputs(args.batch, args.dim, 243, args.dstate), repeats=2, clock=args.clock)
+        time_alternatives(scan_inputs(batch=args.batch, dim=args.dim, length=243, dstate=args.dstate), repeats=2,
+                          clock=args.clock)
 
 
 if __name__ == "__main__":

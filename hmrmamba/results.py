@@ -149,8 +149,9 @@ def run_metrics(project: Path) -> dict[str, Any]:
         out["train_lift_seconds"] = meta.get("seconds")
     mesh = project / "metrics/train_mesh.json"
     if mesh.is_file():
-        out["train_mesh_seconds"] = json.loads(mesh.read_text()).get("seconds")
-        out["params_m"] = json.loads(mesh.read_text()).get("params_m", out.get("params_m"))
+        meta = json.loads(mesh.read_text())
+        out["train_mesh_seconds"] = meta.get("seconds")
+        out["params_m"] = meta.get("params_m", out.get("params_m"))
     return out
 
 

@@ -7,8 +7,10 @@ to end) on these: seeded, tiny, with plausible walking people and the real camer
   world-frame mocap) and ``data_2d_h36m_<detector>.npz`` files (``gt`` is the exact projection
   with the published cameras; ``cpn``/``detectron`` add seeded pixel noise; ``sh`` has 16 joints)
   and, with ``videos=True``, tiny ``<S>/Videos/<action>.<camera id>.mp4`` videos of the figure;
-* :func:`write_mini_3dpw` -- ``sequenceFiles/<split>/<seq>.pkl`` protocol-2 pickles with 3DPW's keys
-  (with ``images=True`` also ``imageFiles/<seq>/image_%05d.jpg``);
+* :func:`write_mini_3dpw` -- ``sequenceFiles/<split>/<seq>.pkl`` with 3DPW's keys, written as the
+  real ones are: Python 2 protocol-2 pickles (:func:`py2_pickle_dumps`: text and array data as
+  Python 2 ``str`` byte strings, ``numpy.core.multiarray`` names), so only ``encoding="latin1"``
+  reads them (with ``images=True`` also ``imageFiles/<seq>/image_%05d.jpg``);
 * :func:`write_mini_3dhp` -- ``mpi_inf_3dhp_test_set/TS*/annot_data.mat`` as MATLAB v7.3 (HDF5
   with MATLAB's 512-byte header and reversed axes), or as a v5 ``.mat`` through scipy (with
   ``images=True`` also ``TS*/imageSequence/img_%06d.jpg``);
@@ -205,6 +207,60 @@ def save_object_npz(path: str | Path, **objects) -> Path:
             payload = pickle.dumps(box, protocol=3).replace(b"numpy._core.", b"numpy.core.")
             zf.writestr(f"{k}.npy", head.getvalue() + payload)
     return path
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2.7 + numpy 1.x wrote it: every ``str`` and ``bytes`` is a Python 2
+    byte string (``SHORT_BINSTRING``/``BINSTRING``, latin-1), arrays reduce to
+    ``numpy.core.multiarray._reconstruct`` with their raw data as such a string, and builtins are
+    named ``__builtin__``/``copy_reg``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file):
+        super().__init__(file, protocol=2, fix_imports=True)
+
+    def _save_py2_str(self, obj) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_py2_str
+    dispatch[bytes] = _save_py2_str
+
+    def save_global(self, obj, name=None) -> None:
+        module = getattr(obj, "__module__", None)
+        name = name or obj.__qualname__
+        module = {"builtins": "__builtin__", "copyreg": "copy_reg"}.get(module, module)
+        module = module.replace("numpy._core.", "numpy.core.")
+        self.write(pickle.GLOBAL + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n")
+        self.memoize(obj)
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # pragma: no cover - numpy 1.x
+                from numpy.core.multiarray import _reconstruct
+            fortran = bool(obj.flags.f_contiguous and not obj.flags.c_contiguous)
+            data = obj.tobytes(order="F" if fortran else "C")
+            return _reconstruct, (np.ndarray, (0,), b"b"), (1, obj.shape, obj.dtype, fortran, data)
+        if isinstance(obj, np.dtype):
+            return np.dtype, (obj.str[1:], 0, 1), obj.__reduce__()[2]
+        return NotImplemented
+
+
+def py2_pickle_dumps(obj) -> bytes:
+    """``obj`` as Python 2.7 would have pickled it (protocol 2): what 3DPW's ``.pkl`` files are.
+
+    Loading it without ``encoding="latin1"`` fails (the arrays' data are byte strings that the
+    default ASCII decoding refuses), as with the real files."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf).dump(obj)
+    return buf.getvalue()
 
 
 @dataclass
@@ -486,7 +542,7 @@ def write_mini_3dpw(
                 _write_jpgs(root / PW3D_IMAGE_DIR / name, drawn, PW3D_IMAGE)
             path = root / "sequenceFiles" / folder / f"{name}.pkl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(pickle.dumps(d, protocol=2))
+            path.write_bytes(py2_pickle_dumps(d))
             out.sequences[name] = d
             out.files[name] = path
     return out

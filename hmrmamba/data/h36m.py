@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from hmrmamba.data.h36m_cameras import CAMERA_IDS, NUM_CAMERAS, SUBJECTS, H36MCamera, h36m_camera
-from hmrmamba.data.real import (
+from hmrmamba.data.reader_tools import (
     PreparedSplit,
     SplitBuilder,
     check_options,

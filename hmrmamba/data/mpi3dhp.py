@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.real import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
+from hmrmamba.data.reader_tools import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import MPI_TO_H36M
 

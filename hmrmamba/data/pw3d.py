@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.real import (
+from hmrmamba.data.reader_tools import (
     PreparedSplit,
     SplitBuilder,
     check_options,

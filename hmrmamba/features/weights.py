@@ -80,8 +80,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path, *, allow_partial: 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to read a user file is bad input (weights_only refusals included)
-        raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:200]})",
-                         file=path, expected="a file written by torch.save holding a state dict") from exc
+        from hmrmamba.train.checkpoint import torch_load_reason
+
+        raise InputError(f"not a readable torch checkpoint ({torch_load_reason(exc)})",
+                         file=path, expected="a file written by torch.save holding a state dict") from None
     target = model.state_dict()
     model_keys = set(target)
     best: tuple[int, str, str, dict[str, torch.Tensor]] | None = None

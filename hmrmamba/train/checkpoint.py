@@ -11,11 +11,21 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain container
 
 The resolved config travels with the weights, so ``model_from_checkpoint(path, build=...)`` rebuilds
 the model from the file alone, independent of today's defaults.
+
+A stored config is input like any other: :func:`check_stored_config` bounds every size it holds
+(:data:`MODEL_CONFIG_BOUNDS`, :data:`TRAIN_CONFIG_BOUNDS`) when the checkpoint is read, and
+:func:`model_from_checkpoint` builds the model once on the ``meta`` device (no memory) to count its
+parameters against :data:`MAX_PARAMETERS` before building it for real. Optimizer and scheduler
+states are loaded through :func:`load_training_state`, which turns torch's ``KeyError``/``ValueError``
+into a one-line :class:`~hmrmamba.errors.InputError`. No message passes on torch's advice to load
+with ``weights_only=False`` (:func:`torch_load_reason`): that would run whatever the file holds.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,33 @@ CHECKPOINT_FORMAT = "hmrmamba.checkpoint"
 CHECKPOINT_VERSION = 1
 _REQUIRED = ("format", "version", "model", "epoch", "step", "config")
 _SHOW = 5        # keys listed per kind of mismatch
+
+#: Parameters a model rebuilt from a stored config may have (the paper's largest, PMCE, has 103M).
+MAX_PARAMETERS = 400_000_000
+
+_INT, _NUM = "int", "number"
+#: Bounds of the sizes a stored model config (``config.model``) may hold: key -> (type, low, high).
+#: Nested keys are dotted; a key listed here must be in range when present (absent keys are the
+#: model code's business). The ranges are generous: the paper's models sit far inside them.
+MODEL_CONFIG_BOUNDS: dict[str, tuple[str, float, float]] = {
+    "num_joints": (_INT, 1, 1000), "feat_dim": (_INT, 1, 16384), "max_frames": (_INT, 1, 100_000),
+    **{f"lifter.{k}": v for k, v in {
+        "dim": (_INT, 1, 8192), "depth": (_INT, 1, 128), "ga_heads": (_INT, 1, 256),
+        "ga_points": (_INT, 1, 256), "num_heads": (_INT, 1, 256), "d_state": (_INT, 1, 4096),
+        "d_conv": (_INT, 1, 256), "expand": (_INT, 1, 64), "mlp_ratio": (_NUM, 0, 64),
+        "fusion_kernel": (_INT, 1, 255), "drop_path": (_NUM, 0, 1), "feat_dropout": (_NUM, 0, 1),
+        "feat_proj": (_INT, 1, 16384)}.items()},
+    **{f"reconstructor.{k}": v for k, v in {
+        "motion_dim": (_INT, 1, 8192), "motion_heads": (_INT, 1, 256), "gru_hidden": (_INT, 1, 16384),
+        "gru_layers": (_INT, 1, 64), "context_dim": (_INT, 1, 16384), "decoder_dim": (_INT, 1, 8192),
+        "decoder_depth": (_INT, 1, 128), "joint_heads": (_INT, 1, 256), "vertex_heads": (_INT, 1, 256),
+        "decoder_mlp_ratio": (_NUM, 0, 64), "drop_path": (_NUM, 0, 1)}.items()},
+}
+#: Bounds of the training settings stored with the weights (``config.train``; the demo reads its window).
+TRAIN_CONFIG_BOUNDS: dict[str, tuple[str, float, float]] = {
+    "window": (_INT, 1, 100_000), "stride": (_INT, 1, 100_000), "batch_size": (_INT, 1, 1 << 20),
+    "epochs": (_INT, 0, 1 << 20),
+}
 
 
 def _plain(obj: Any, where: str) -> Any:
@@ -122,9 +159,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle globals, empty file, ...
-        first = (str(exc).strip().splitlines() or ["no details"])[0][:200]
-        raise InputError(f"cannot read checkpoint ({type(exc).__name__}: {first})",
-                         file=path, expected="a complete file written by hmrmamba.train.save_checkpoint") from exc
+        raise InputError(f"cannot read checkpoint ({torch_load_reason(exc)})",
+                         file=path, expected="a complete file written by hmrmamba.train.save_checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError("not an hmrmamba checkpoint", file=path, field="format",
                          expected=f"'{CHECKPOINT_FORMAT}' (a file written by hmrmamba.train.save_checkpoint)")
@@ -136,7 +172,107 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if ckpt["version"] > CHECKPOINT_VERSION:
         raise InputError(f"checkpoint version {ckpt['version']} is newer than this hmrmamba understands",
                          file=path, field="version", expected=f"<= {CHECKPOINT_VERSION}")
+    check_stored_config(ckpt["config"], file=path)
     return ckpt
+
+
+_WEIGHTS_ONLY_ADVICE = re.compile(r"weights_only|trusted source|arbitrary code|safe_globals|add_safe_globals|"
+                                  r"PyTorch 2\.6|documentation of torch\.load", re.IGNORECASE)
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed, without torch's advice to load with
+    ``weights_only=False`` (the one thing that would run a payload): the refused global when it
+    names one, else the first line that does not give that advice."""
+    text = str(exc)
+    glob = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if glob:
+        return f"{type(exc).__name__}: refused global {glob.group(1)} (not a tensor or plain container)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _WEIGHTS_ONLY_ADVICE.search(ln)]
+    if not lines:
+        lines = ["the file holds something other than tensors and plain containers"
+                 if "weights only" in text.lower() else "no details"]
+    return f"{type(exc).__name__}: {lines[0][:200]}"
+
+
+def _dig(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_bounds(section: Any, bounds: Mapping[str, tuple[str, float, float]], *, file: Path | str,
+                  prefix: str) -> None:
+    if section is None:
+        return
+    if not isinstance(section, Mapping):
+        raise InputError(f"{type(section).__name__} value", file=file, field=prefix, expected="a mapping")
+    for key, (kind, low, high) in bounds.items():
+        present, value = _dig(section, key)
+        if not present or (value is None and key.endswith("context_dim")):
+            continue
+        ok = not isinstance(value, bool) and (isinstance(value, int) if kind == _INT else
+                                              isinstance(value, (int, float)) and math.isfinite(value))
+        if not ok or not low <= value <= high:
+            what = "an integer" if kind == _INT else "a finite number"
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise InputError(f"stored value {shown} is refused before the model is built", file=file,
+                             field=f"{prefix}.{key}", expected=f"{what} in [{low:g}, {high:g}]")
+
+
+def check_stored_config(config: Mapping[str, Any], *, file: Path | str) -> None:
+    """Bound every size a checkpoint's stored config holds (``model`` and ``train`` sections) before
+    anything is built or allocated from it: a config with ``lifter.depth: 20000``, ``dim: -5`` or
+    ``window: 1e9`` is an :class:`InputError` naming the file and the field."""
+    if not isinstance(config, Mapping):
+        return
+    _check_bounds(config.get("model"), MODEL_CONFIG_BOUNDS, file=file, prefix="config.model")
+    _check_bounds(config.get("train"), TRAIN_CONFIG_BOUNDS, file=file, prefix="config.train")
+
+
+def _parameter_floor(cfg: Mapping[str, Any]) -> int:
+    """A lower bound on the parameters of a model config, from its widths and depths alone: every
+    lifter or decoder layer but the first maps ``dim`` to ``dim`` at least once. Refusing on it is
+    always right and costs nothing (counting on the meta device takes seconds for a huge model)."""
+    def num(section: Any, key: str) -> int:
+        v = section.get(key) if isinstance(section, Mapping) else None
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+    lifter, recon = cfg.get("lifter"), cfg.get("reconstructor")
+    return (max(num(lifter, "depth") - 1, 0) * num(lifter, "dim") ** 2
+            + max(num(recon, "decoder_depth") - 1, 0) * num(recon, "decoder_dim") ** 2)
+
+
+def count_parameters_of(build: Callable[[], nn.Module], *, file: Path | str, field: str) -> int:
+    """Build a model on the ``meta`` device (no memory, no initialisation work) and count its parameters;
+    a build that fails there is the stored config's fault and becomes an :class:`InputError`."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError,
+            ZeroDivisionError, NotImplementedError) as exc:
+        raise InputError(f"cannot build a model from the stored config ({type(exc).__name__}: "
+                         f"{(str(exc).splitlines() or [''])[0][:160]})", file=file, field=field,
+                         expected="the resolved model config saved by the training stage") from None
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_training_state(target: Any, state: Any, *, source: str | Path, field: str) -> None:
+    """``target.load_state_dict(state)`` for an optimizer, scheduler or grad scaler; a state that does
+    not fit (torch's ``KeyError``, ``ValueError``, ...) is an :class:`InputError` naming the file."""
+    try:
+        target.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+        detail = (str(exc).splitlines() or [""])[0][:160]
+        raise InputError(f"stored {field} state does not fit this run's {type(target).__name__} "
+                         f"({type(exc).__name__}: {detail})", file=source, field=field,
+                         expected=f"a {field} state dict saved by the same training setup "
+                                  "(or a fresh checkpoint_dir)") from None
 
 
 def _is_int(x: Any) -> bool:
@@ -208,6 +344,16 @@ def model_from_checkpoint(path: str | Path, *, build: Callable[[dict[str, Any]],
             raise InputError(f"checkpoint config has no '{config_key}' section", file=path,
                              field=f"config.{config_key}", expected="the resolved model config saved with the weights")
         cfg = cfg[config_key]
+    if not isinstance(cfg, Mapping):
+        raise InputError(f"{type(cfg).__name__} value", file=path, field=f"config.{config_key}",
+                         expected="the resolved model config (a mapping)")
+    field = "config" if config_key is None else f"config.{config_key}"
+    n = _parameter_floor(cfg)
+    if n <= MAX_PARAMETERS:
+        n = count_parameters_of(lambda: build(dict(cfg)), file=path, field=field)
+    if n > MAX_PARAMETERS:
+        raise InputError(f"the stored config describes a model of at least {n:,} parameters", file=path, field=field,
+                         expected=f"at most {MAX_PARAMETERS:,} (the largest paper model has about 103M)")
     model = build(dict(cfg))
     load_model_state(model, ckpt["model"], source=path)
     model.to(map_location)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hmrmamba.atomic import atomic_path
 from hmrmamba.errors import InputError
-from hmrmamba.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from hmrmamba.train.checkpoint import load_checkpoint, load_model_state, load_training_state, save_checkpoint
 from hmrmamba.train.distributed import (
     DistContext,
     all_reduce_mean,
@@ -234,11 +234,11 @@ class Trainer:
                                  expected="the same monitor and mode (or resume=False / a fresh ckpt_dir)")
             load_model_state(module, ckpt["model"], source=self.last_path)
             if ckpt.get("optimizer") is not None:
-                self.optimizer.load_state_dict(ckpt["optimizer"])
+                load_training_state(self.optimizer, ckpt["optimizer"], source=self.last_path, field="optimizer")
             if self.scheduler is not None and ckpt.get("scheduler") is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
+                load_training_state(self.scheduler, ckpt["scheduler"], source=self.last_path, field="scheduler")
             if amp_on and extra.get("grad_scaler"):
-                scaler.load_state_dict(extra["grad_scaler"])
+                load_training_state(scaler, extra["grad_scaler"], source=self.last_path, field="extra.grad_scaler")
             changed = sorted(k for k in set(self.config) | set(ckpt["config"])
                              if self.config.get(k) != ckpt["config"].get(k))
             if changed:

@@ -6,6 +6,10 @@
   (``H36M_EVAL14``), or all 17 for 3DHP.
 - MPVPE after aligning both meshes at the SMPL pelvis (joint 0 of the SMPL regressor).
 - Accel error per sequence on the second differences of the evaluated joints.
+- Mesh quality, when the faces are given: mean edge-length error (mm), mean angle between predicted
+  and ground-truth face normals (degrees), and the roughness ratio: the prediction's mean
+  umbrella-Laplacian magnitude over the ground truth's (1 = as smooth as the ground truth; spiky or
+  crumpled meshes score above 1, over-smoothed ones below).
 """
 
 from __future__ import annotations
@@ -72,11 +76,13 @@ def smpl_targets(smpl, h36m_regressor: torch.Tensor, pose: np.ndarray, betas: np
 
 def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H36M_EVAL14,
                          gt_mesh: tuple[np.ndarray, np.ndarray] | None = None,
-                         pred_pelvis: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+                         pred_pelvis: np.ndarray | None = None, faces: np.ndarray | None = None,
+                         chunk: int = 256) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
     """Score predictions against the split's ground truth.
 
     gt_mesh: (vertices (N,V,3) root-relative to the SMPL pelvis, None) when MPVPE is wanted;
-    pred_pelvis: (N,3) SMPL pelvis of the predicted mesh (regressed by the caller).
+    pred_pelvis: (N,3) SMPL pelvis of the predicted mesh (regressed by the caller);
+    faces: (F,3) the mesh's triangles, for the mesh-quality scores (edge_err, normal_err, roughness).
     Frames whose split field ``valid`` is False (3DPW ``campose_valid``, 3DHP ``valid_frame``) are
     not scored; accelerations whose 3-frame stencil touches one are dropped.
     -> (summary {mpjpe, pa_mpjpe, mpvpe?, accel}, per-sequence table, per-joint MPJPE (J_eval,)).
@@ -92,10 +98,13 @@ def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H3
     per_frame_pa = M.pa_mpjpe(p, g).numpy()
     per_joint = (p - g)[torch.as_tensor(valid)].norm(dim=-1).mean(0).numpy() * 1000.0
     per_frame_v = None
+    quality: dict[str, np.ndarray] = {}
     if gt_mesh is not None and pred.vertices is not None and pred_pelvis is not None:
         pv = pred.vertices - pred_pelvis[:, None]
         per_frame_v = M.mpvpe(torch.as_tensor(pv, dtype=torch.float64),
                               torch.as_tensor(gt_mesh[0], dtype=torch.float64)).numpy()
+        if faces is not None:
+            quality = mesh_quality(pv, gt_mesh[0], faces, chunk=chunk)
     rows, accels = [], []
     seqs = data.split.seqs
     for s, (a, n) in enumerate(zip(seqs["seq_start"], seqs["seq_len"])):
@@ -109,10 +118,41 @@ def evaluate_predictions(pred: Predictions, data: SplitArrays, *, eval_joints=H3
                "accel": float(acc.mean()) if acc.size else np.nan}
         if per_frame_v is not None:
             row["mpvpe"] = float(per_frame_v[sl][v].mean()) if v.any() else np.nan
+        if quality:
+            row.update(_quality_summary({k: q[sl][v] for k, q in quality.items()}) if v.any() else
+                       {k: np.nan for k in QUALITY_KEYS})
         rows.append(row)
     all_acc = np.concatenate(accels)
     summary = {"mpjpe": float(per_frame[valid].mean()), "pa_mpjpe": float(per_frame_pa[valid].mean()),
                "accel": float(all_acc.mean()) if all_acc.size else float("nan")}
     if per_frame_v is not None:
         summary["mpvpe"] = float(per_frame_v[valid].mean())
+    if quality:
+        summary.update(_quality_summary({k: q[valid] for k, q in quality.items()}))
     return summary, pd.DataFrame(rows), per_joint
+
+
+#: summary keys of the mesh-quality scores
+QUALITY_KEYS = ("edge_err", "normal_err", "roughness")
+
+
+def mesh_quality(pred_vertices: np.ndarray, gt_vertices: np.ndarray, faces: np.ndarray, *, chunk: int = 256
+                 ) -> dict[str, np.ndarray]:
+    """Per-frame mesh-quality terms: pred/gt vertices (N,V,3) m, faces (F,3) -> {edge_err (N,) mm,
+    normal_err (N,) degrees, lap_pred (N,) mm, lap_gt (N,) mm}, in chunks of ``chunk`` frames."""
+    edges = M.mesh_edges(faces)
+    out: dict[str, list[np.ndarray]] = {"edge_err": [], "normal_err": [], "lap_pred": [], "lap_gt": []}
+    for s in range(0, len(pred_vertices), chunk):
+        p = torch.as_tensor(pred_vertices[s:s + chunk], dtype=torch.float64)
+        g = torch.as_tensor(gt_vertices[s:s + chunk], dtype=torch.float64)
+        out["edge_err"].append(M.edge_length_error(p, g, edges).numpy())
+        out["normal_err"].append(M.normal_angle_error(p, g, faces).numpy())
+        out["lap_pred"].append(M.umbrella_laplacian(p, edges).numpy())
+        out["lap_gt"].append(M.umbrella_laplacian(g, edges).numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _quality_summary(q: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means of the per-frame terms; the roughness ratio is a ratio of means (frames weigh alike)."""
+    return {"edge_err": float(q["edge_err"].mean()), "normal_err": float(q["normal_err"].mean()),
+            "roughness": float(q["lap_pred"].mean() / max(q["lap_gt"].mean(), 1e-12))}

@@ -83,3 +83,61 @@ def mpjve(pred, gt) -> torch.Tensor:
         raise ValueError(f"mpjve needs a time axis: (..., T, J, 3), got {tuple(pred.shape)}")
     return ((pred[..., 1:, :, :] - pred[..., :-1, :, :]) - (gt[..., 1:, :, :] - gt[..., :-1, :, :])
             ).norm(dim=-1).mean(-1) * M_TO_MM
+
+
+# ----------------------------------------------------------------------------------------------
+# mesh quality (the prediction and the ground truth share one topology)
+
+
+def mesh_edges(faces) -> torch.Tensor:
+    """Unique undirected edges of a triangle mesh: faces (F, 3) int -> (E, 2) int64, i < j."""
+    f = torch.as_tensor(np.asarray(faces), dtype=torch.int64)
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
+    return torch.unique(e, dim=0)
+
+
+def edge_length_error(pred_verts, gt_verts, edges) -> torch.Tensor:
+    """Mean absolute edge-length difference. pred_verts, gt_verts: (..., V, 3) m; edges (E, 2) -> (...,) mm.
+
+    Translation- and rotation-invariant: it measures the surface's local shape, not its placement.
+    """
+    p, g = _t(pred_verts), _t(gt_verts)
+    _check(p, g, "edge_length_error")
+    e = torch.as_tensor(edges, dtype=torch.int64)
+    lp = (p[..., e[:, 0], :] - p[..., e[:, 1], :]).norm(dim=-1)
+    lg = (g[..., e[:, 0], :] - g[..., e[:, 1], :]).norm(dim=-1)
+    return (lp - lg).abs().mean(-1) * M_TO_MM
+
+
+def face_normals(verts, faces) -> torch.Tensor:
+    """Unit face normals: verts (..., V, 3), faces (F, 3) -> (..., F, 3) (zero for degenerate faces)."""
+    v = _t(verts)
+    f = torch.as_tensor(np.asarray(faces), dtype=torch.int64)
+    n = torch.linalg.cross(v[..., f[:, 1], :] - v[..., f[:, 0], :], v[..., f[:, 2], :] - v[..., f[:, 0], :], dim=-1)
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def normal_angle_error(pred_verts, gt_verts, faces) -> torch.Tensor:
+    """Mean angle between predicted and ground-truth face normals: (..., V, 3) m, faces (F, 3) -> (...,) degrees.
+
+    Not invariant to a global rotation (a mesh facing the wrong way scores badly, as it should).
+    """
+    p, g = _t(pred_verts), _t(gt_verts)
+    _check(p, g, "normal_angle_error")
+    cos = (face_normals(p, faces) * face_normals(g, faces)).sum(-1).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos)).mean(-1)
+
+
+def umbrella_laplacian(verts, edges) -> torch.Tensor:
+    """Mean umbrella-Laplacian magnitude |v - mean(neighbours of v)|: verts (..., V, 3) m, edges (E, 2)
+    -> (...,) mm. Spikes and crumples raise it; the roughness ratio divides it by the ground truth's."""
+    v = _t(verts)
+    e = torch.as_tensor(edges, dtype=torch.int64)
+    n_v = v.shape[-2]
+    src = torch.cat([e[:, 0], e[:, 1]])
+    dst = torch.cat([e[:, 1], e[:, 0]])
+    flat = v.reshape(-1, n_v, 3)
+    sums = torch.zeros_like(flat).index_add_(1, src, flat[:, dst])
+    degree = torch.zeros(n_v, dtype=v.dtype, device=v.device).index_add_(0, src, torch.ones_like(src, dtype=v.dtype))
+    lap = flat - sums / degree.clamp_min(1)[None, :, None]
+    return (lap.norm(dim=-1).mean(-1) * M_TO_MM).reshape(v.shape[:-2])

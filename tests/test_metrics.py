@@ -60,3 +60,71 @@ def test_mpjve_known_answer():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(\.\.\., J, 3\)"):
         M.mpjpe(np.zeros((2, 17, 3)), np.zeros((2, 14, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# mesh quality
+
+
+def _octahedron():
+    v = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
+    f = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    return v, f
+
+
+def test_mesh_edges_of_an_octahedron():
+    from hmrmamba.metrics import mesh_edges
+
+    _, f = _octahedron()
+    e = mesh_edges(f)
+    assert e.shape == (12, 2) and (e[:, 0] < e[:, 1]).all()
+
+
+def test_edge_length_error_known_answers():
+    from hmrmamba.metrics import edge_length_error, mesh_edges
+
+    v, f = _octahedron()
+    e = mesh_edges(f)
+    assert edge_length_error(v, v, e).item() == 0.0
+    # every octahedron edge is sqrt(2) m; doubling the mesh adds sqrt(2) m to each
+    assert edge_length_error(2 * v, v, e).item() == pytest.approx(np.sqrt(2) * 1000)
+    rot = torch.tensor([[0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64)
+    assert edge_length_error(v @ rot.T + 5.0, v, e).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_normal_angle_error_known_answers():
+    from hmrmamba.metrics import normal_angle_error
+
+    v, f = _octahedron()
+    assert normal_angle_error(v, v, f).item() == pytest.approx(0.0, abs=1e-6)
+    tri = torch.tensor([[[0, 0, 0], [1, 0, 0], [0, 1, 0]]], dtype=torch.float64)
+    flipped = tri[:, [0, 2, 1]]  # the same triangle wound the other way: its normal points down
+    assert normal_angle_error(flipped, tri, np.array([[0, 1, 2]])).item() == pytest.approx(180.0, abs=1e-4)
+    up = torch.tensor([[[0, 0, 0], [1, 0, 0], [0, 0, 1]]], dtype=torch.float64)  # turned 90 deg about x
+    assert normal_angle_error(up, tri, np.array([[0, 1, 2]])).item() == pytest.approx(90.0)
+
+
+def test_umbrella_laplacian_known_answers():
+    from hmrmamba.metrics import mesh_edges, umbrella_laplacian
+
+    v, f = _octahedron()
+    e = mesh_edges(f)
+    # each vertex has 4 neighbours at the origin's ring: their mean is the origin, so |L v| = 1 m
+    assert umbrella_laplacian(v, e).item() == pytest.approx(1000.0)
+    assert umbrella_laplacian(3 * v + 1.0, e).item() == pytest.approx(3000.0)
+    spiky = v.clone()
+    spiky[4, 2] = 3.0
+    assert umbrella_laplacian(spiky, e).item() > umbrella_laplacian(v, e).item()
+    batch = torch.stack([v, 2 * v])
+    assert torch.allclose(umbrella_laplacian(batch, e), torch.tensor([1000.0, 2000.0], dtype=torch.float64))
+
+
+def test_mesh_quality_of_the_ground_truth_is_perfect():
+    from hmrmamba.evaluate import _quality_summary, mesh_quality
+
+    v, f = _octahedron()
+    frames = np.stack([v.numpy(), 1.1 * v.numpy()])
+    q = _quality_summary(mesh_quality(frames, frames, f, chunk=1))
+    assert q == {"edge_err": 0.0, "normal_err": pytest.approx(0.0, abs=1e-6), "roughness": pytest.approx(1.0)}
+    q2 = _quality_summary(mesh_quality(2 * frames, frames, f))
+    assert q2["roughness"] == pytest.approx(2.0)

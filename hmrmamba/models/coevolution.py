@@ -7,8 +7,10 @@ condition vector (the motion-aware image feature), and every block predicts coor
 
     joints', vertices' = joints + Linear(joint_feat), vertices + Linear(vertex_feat)
 
-The coarse vertices start at their nearest joints (:func:`nearest_joint_index`), optionally plus a
-constant template offset. Blocks are chained (each block refines the previous block's joints and
+The coarse vertices start from the template posed by the joints
+(:class:`hmrmamba.models.template_pose.TemplatePoser`), or at their nearest joints
+(:func:`nearest_joint_index`) optionally plus a constant template offset. The output layers are
+zero-initialised, so an untrained decoder returns its starting mesh. Blocks are chained (each block refines the previous block's joints and
 vertices); PMCE feeds the input joints to every block instead.
 """
 
@@ -154,8 +156,13 @@ class CoevolutionBlock(nn.Module):
         self.vertex_cross = _CrossBlock(dim, vertex_heads, cond_dim, mlp_ratio, drop_path)
         self.joint_self = _SelfBlock(dim, joint_heads, cond_dim, mlp_ratio, drop_path)
         self.vertex_self = _SelfBlock(dim, vertex_heads, cond_dim, mlp_ratio, drop_path)
+        # zero-initialised: an untrained block returns its input joints and vertices unchanged, so the
+        # decoder starts from the (template-shaped) coarse mesh and learns corrections to it
         self.joint_out = nn.Linear(dim, 3)
         self.vertex_out = nn.Linear(dim, 3)
+        for lin in (self.joint_out, self.vertex_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     def forward(self, joints: torch.Tensor, vertices: torch.Tensor, cond: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

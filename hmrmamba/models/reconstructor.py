@@ -46,8 +46,11 @@ from torch import nn
 from hmrmamba.errors import InputError
 from hmrmamba.models.coevolution import CoevolutionDecoder, init_coarse_vertices, nearest_joint_index
 from hmrmamba.models.outputs import ReconOutput
+from hmrmamba.models.template_pose import H36M17_FRAMES, TemplatePoser
+from hmrmamba.skeleton import H36M17
 
 __all__ = [
+    "COARSE_INITS",
     "CONTEXTS",
     "RESIDUAL_MODES",
     "UPSAMPLE_MODES",
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 CONTEXTS = ("motion", "gru", "none")
+COARSE_INITS = ("template", "nearest")
 UPSAMPLE_MODES = ("learnable", "fixed", "conv")
 RESIDUAL_MODES = ("fine", "coarse", "none")
 
@@ -78,13 +82,18 @@ class MeshAssets:
     upsample: coarse -> fine matrices, e.g. ((1723, 431), (6890, 1723)), dense or sparse COO;
     vertex_init: (Vc,) int64 nearest joint per coarse vertex, or (Vc, J) weights;
     joint_regressor: (J, V) from full-mesh vertices to joints;
-    coarse_offsets: (Vc, 3) constant offsets added to the initial coarse mesh, or None.
+    coarse_offsets: (Vc, 3) constant offsets added to the initial coarse mesh, or None;
+    rest_coarse: (Vc, 3) the template's coarse vertices and rest_joints: (J, 3) its joints, metres,
+    with the skeleton's ``parents`` (J,): what a ``coarse_init="template"`` reconstructor poses.
     """
 
     upsample: tuple[torch.Tensor, ...]
     vertex_init: torch.Tensor
     joint_regressor: torch.Tensor
     coarse_offsets: torch.Tensor | None = None
+    rest_coarse: torch.Tensor | None = None
+    rest_joints: torch.Tensor | None = None
+    parents: tuple[int, ...] | None = None
 
     @property
     def num_coarse(self) -> int:
@@ -121,6 +130,13 @@ class MeshAssets:
         if self.coarse_offsets is not None and tuple(self.coarse_offsets.shape) != (vc, 3):
             raise InputError(f"shape {tuple(self.coarse_offsets.shape)}", field="coarse_offsets",
                              expected=f"({vc}, 3)")
+        if self.rest_coarse is not None and tuple(self.rest_coarse.shape) != (vc, 3):
+            raise InputError(f"shape {tuple(self.rest_coarse.shape)}", field="rest_coarse", expected=f"({vc}, 3)")
+        if self.rest_joints is not None and tuple(self.rest_joints.shape) != (num_joints, 3):
+            raise InputError(f"shape {tuple(self.rest_joints.shape)}", field="rest_joints",
+                             expected=f"({num_joints}, 3)")
+        if self.parents is not None and len(self.parents) != num_joints:
+            raise InputError(f"{len(self.parents)} parents", field="parents", expected=f"{num_joints}, -1 at the root")
 
 
 def _scipy_to_torch(m) -> torch.Tensor:
@@ -147,14 +163,20 @@ def random_mesh_assets(*, num_joints: int = 17, sizes: Sequence[int] = (6890, 17
     reg[:, 0] += 1e-3
     reg = reg / reg.sum(1, keepdim=True)
     vertex_init = torch.randint(0, num_joints, (sizes[-1],), generator=g)
-    return MeshAssets(upsample=tuple(reversed(mats)), vertex_init=vertex_init, joint_regressor=reg)
+    parents = H36M17.parents if num_joints == H36M17.num_joints else tuple(range(-1, num_joints - 1))
+    rest_joints = torch.randn(num_joints, 3, generator=g) * 0.3
+    rest_coarse = rest_joints[vertex_init] + torch.randn(sizes[-1], 3, generator=g) * 0.03
+    return MeshAssets(upsample=tuple(reversed(mats)), vertex_init=vertex_init, joint_regressor=reg,
+                      rest_coarse=rest_coarse, rest_joints=rest_joints, parents=tuple(parents))
 
 
 def mesh_assets_from_hierarchy(hierarchy, template_vertices: np.ndarray, joint_regressor: np.ndarray, *,
-                               with_offsets: bool = False) -> MeshAssets:
+                               with_offsets: bool = False, parents: Sequence[int] | None = None) -> MeshAssets:
     """Assets from a :class:`hmrmamba.mesh_sampling.MeshHierarchy`, the template (V, 3) metres and the
     joint regressor (J, V): U chain coarse -> fine, nearest joint of each coarse template vertex to the
-    regressed template joints, and (``with_offsets``) the coarse template minus its nearest joint."""
+    regressed template joints, (``with_offsets``) the coarse template minus its nearest joint, and the
+    rest pose for template-shaped decoding (coarse template, template joints, ``parents``; default:
+    H36M-17's when J = 17)."""
     hierarchy.validate()
     template = np.asarray(template_vertices, dtype=np.float64)
     reg = np.asarray(joint_regressor, dtype=np.float64)
@@ -170,8 +192,12 @@ def mesh_assets_from_hierarchy(hierarchy, template_vertices: np.ndarray, joint_r
     joints_t = torch.as_tensor(joints, dtype=torch.float64)
     nearest = nearest_joint_index(coarse_t, joints_t)
     offsets = (coarse_t - joints_t[nearest]).float() if with_offsets else None
+    if parents is None and reg.shape[0] == H36M17.num_joints:
+        parents = H36M17.parents
     return MeshAssets(upsample=tuple(_scipy_to_torch(u) for u in reversed(hierarchy.U)), vertex_init=nearest,
-                      joint_regressor=torch.as_tensor(reg, dtype=torch.float32), coarse_offsets=offsets)
+                      joint_regressor=torch.as_tensor(reg, dtype=torch.float32), coarse_offsets=offsets,
+                      rest_coarse=coarse_t.float(), rest_joints=joints_t.float(),
+                      parents=None if parents is None else tuple(int(p) for p in parents))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +415,8 @@ class MotionGuidedReconstructor(nn.Module):
 
     def __init__(self, *, upsample: Sequence[torch.Tensor], vertex_init: torch.Tensor,
                  joint_regressor: torch.Tensor, coarse_offsets: torch.Tensor | None = None,
-                 num_joints: int = 17, feat_dim: int = 2048, max_frames: int = 16, context: str = "motion",
+                 rest_coarse: torch.Tensor | None = None, rest_joints: torch.Tensor | None = None,
+                 parents: Sequence[int] | None = None, coarse_init: str = "nearest", num_joints: int = 17, feat_dim: int = 2048, max_frames: int = 16, context: str = "motion",
                  em: bool = True, im: bool = True, motion_dim: int = 256, motion_heads: int = 8,
                  gru_hidden: int = 1024, gru_layers: int = 2, context_dim: int | None = None,
                  decoder_dim: int = 64, decoder_depth: int = 3, joint_heads: int = 8, vertex_heads: int = 2,
@@ -404,8 +431,20 @@ class MotionGuidedReconstructor(nn.Module):
             raise InputError(f"unknown context {context!r}", field="context", expected=" | ".join(CONTEXTS))
         if residual not in RESIDUAL_MODES:
             raise InputError(f"unknown residual {residual!r}", field="residual", expected=" | ".join(RESIDUAL_MODES))
-        assets = MeshAssets(tuple(upsample), vertex_init, joint_regressor, coarse_offsets)
+        if coarse_init not in COARSE_INITS:
+            raise InputError(f"unknown coarse_init {coarse_init!r}", field="coarse_init",
+                             expected=" | ".join(COARSE_INITS))
+        assets = MeshAssets(tuple(upsample), vertex_init, joint_regressor, coarse_offsets, rest_coarse,
+                            rest_joints, None if parents is None else tuple(parents))
         assets.validate(num_joints)
+        if coarse_init == "template":
+            if rest_coarse is None or rest_joints is None or parents is None:
+                raise InputError("the mesh assets carry no rest pose", field="coarse_init",
+                                 expected="assets with rest_coarse, rest_joints and parents, or coarse_init='nearest'")
+            frames = H36M17_FRAMES if tuple(parents) == H36M17.parents else None
+            self.template = TemplatePoser(rest_coarse, rest_joints, parents, frames=frames)
+        else:
+            self.template = None
         self.num_joints = num_joints
         self.feat_dim = feat_dim
         self.max_frames = max_frames
@@ -501,7 +540,10 @@ class MotionGuidedReconstructor(nn.Module):
         n = b * t
         cond = ctx.reshape(n, -1)
         joints = pose3d.reshape(n, self.num_joints, 3)
-        coarse0 = init_coarse_vertices(joints, self.vertex_init, self.coarse_offsets)
+        if self.template is not None:
+            coarse0 = self.template(joints)
+        else:
+            coarse0 = init_coarse_vertices(joints, self.vertex_init, self.coarse_offsets)
         coevo_joints, coarse = self.decoder(joints, coarse0, cond)
         if self.residual_mode == "coarse":
             coarse = coarse + self._residual(cond, self.num_coarse)

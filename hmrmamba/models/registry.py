@@ -140,7 +140,7 @@ _STA_S = {"kind": "sta-mamba", "dim": 256, "depth": 3, "scan": "dual", "ga": Tru
 _RECON_PAPER = {"context": "motion", "em": True, "im": True, "motion_dim": 192, "motion_heads": 8,
                 "gru_hidden": 1024, "gru_layers": 2, "context_dim": None, "decoder_dim": 64, "decoder_depth": 3,
                 "joint_heads": 8, "vertex_heads": 2, "decoder_mlp_ratio": 4.0, "drop_path": 0.1,
-                "upsample_mode": "learnable", "residual": "fine"}
+                "upsample_mode": "learnable", "residual": "fine", "coarse_init": "template"}
 
 _RECON_TINY = {**_RECON_PAPER, "motion_dim": 32, "motion_heads": 4, "context_dim": 64, "decoder_dim": 16,
                "decoder_depth": 1, "joint_heads": 2, "vertex_heads": 1, "decoder_mlp_ratio": 2.0, "drop_path": 0.0,
@@ -215,8 +215,9 @@ def _lifter_keys(kind: str) -> set[str]:
     return _accepted(LIFTER_KINDS[kind]) - set(_SHARED) | {"kind"}
 
 
-_RECON_KEYS = _accepted(MotionGuidedReconstructor, ("upsample", "vertex_init", "joint_regressor",
-                                                     "coarse_offsets")) - set(_SHARED)
+_ASSET_KEYS = ("upsample", "vertex_init", "joint_regressor", "coarse_offsets", "rest_coarse", "rest_joints",
+               "parents")
+_RECON_KEYS = _accepted(MotionGuidedReconstructor, _ASSET_KEYS) - set(_SHARED)
 
 
 def _check_config(cfg: Mapping[str, Any]) -> None:
@@ -297,9 +298,8 @@ def build_from_config(cfg: Mapping[str, Any], *, assets: MeshAssets | None = Non
                          expected="MeshAssets (mesh_assets_from_hierarchy(...) for real meshes, "
                                   "random_mesh_assets() for size/cost checks) or lift_only=True")
     shared_r = {k: v for k, v in shared.items() if k in _accepted(MotionGuidedReconstructor)}
-    recon = MotionGuidedReconstructor(upsample=assets.upsample, vertex_init=assets.vertex_init,
-                                      joint_regressor=assets.joint_regressor, coarse_offsets=assets.coarse_offsets,
-                                      **shared_r, **cfg["reconstructor"])
+    recon = MotionGuidedReconstructor(**{k: getattr(assets, k) for k in _ASSET_KEYS}, **shared_r,
+                                      **cfg["reconstructor"])
     return HMRMamba(lifter, recon)
 
 

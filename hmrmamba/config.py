@@ -44,21 +44,138 @@ def home_root(root: Path) -> Path:
 
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
-    """Load params.yaml (default: the project root's) with a safe YAML loader."""
+    """Load params.yaml (default: the project root's) with a safe, bounded YAML loader.
+
+    Every key is then checked (:func:`validate_params`): values against :data:`PARAMS_SCHEMA`,
+    names against :mod:`hmrmamba.settings` (unknown keys are refused in every section).
+    """
     path = Path(path) if path else find_project_root() / PARAMS_FILE
     if not path.is_file():
         raise MissingFileError("file not found", file=path, expected="a params.yaml")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path,
-                         expected="a UTF-8 YAML mapping") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML ({exc})", file=path, expected="a YAML mapping") from None
+    data = load_yaml_bounded(path)
     if not isinstance(data, dict):
         raise InputError(f"top level is {type(data).__name__}", file=path, expected="a YAML mapping")
     validate_params(data, file=path)
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# A bounded YAML loader: small files only, shallow nesting, no alias expansion bombs
+# ---------------------------------------------------------------------------------------------
+
+#: Largest params file read (bytes); the committed params.yaml is about 5 KB.
+MAX_YAML_BYTES = 1 << 20
+#: Deepest nesting of mappings/sequences accepted (params.yaml nests 4 levels).
+MAX_YAML_DEPTH = 64
+#: Most nodes the document may hold once every alias is expanded (params.yaml has about 400).
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses nesting deeper than :data:`MAX_YAML_DEPTH` while composing
+    (so 50k levels give an :class:`InputError`, never a ``RecursionError``)."""
+
+    def __init__(self, stream: str, file: str | Path):
+        super().__init__(stream)
+        self._file = file
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise InputError(f"nesting deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})",
+                                 file=self._file, expected="a params mapping nested a few levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(root: yaml.Node, file: str | Path) -> int:
+    """Nodes of the document with every alias expanded, computed without expanding (shared nodes
+    are counted once per use); refuses recursive aliases and documents over :data:`MAX_YAML_NODES`."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            if isinstance(node, yaml.MappingNode):
+                kids = [x for pair in node.value for x in pair]
+            else:
+                kids = list(node.value)
+            sizes[key] = 1 + sum(sizes[id(k)] for k in kids)
+            if sizes[key] > MAX_YAML_NODES:
+                raise InputError(f"expands to more than {MAX_YAML_NODES} nodes (aliases: "
+                                 f"line {node.start_mark.line + 1})", file=file,
+                                 expected="a params mapping without alias bombs")
+            continue
+        if key in sizes:
+            continue
+        if not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            sizes[key] = 1
+            continue
+        if key in on_path:
+            raise InputError(f"recursive alias (line {node.start_mark.line + 1})", file=file,
+                             expected="a params mapping without recursive aliases")
+        on_path.add(key)
+        stack.append((node, True))
+        kids = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else node.value
+        for kid in kids:
+            if id(kid) in on_path:
+                raise InputError(f"recursive alias (line {kid.start_mark.line + 1})", file=file,
+                                 expected="a params mapping without recursive aliases")
+            if id(kid) not in sizes:
+                stack.append((kid, False))
+    return sizes[id(root)]
+
+
+def load_yaml_bounded(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """The YAML document in ``path``, read with a safe loader under size, depth and expansion limits.
+
+    Raises :class:`InputError` (one line, naming the file) for a file over ``max_bytes``, non-UTF-8
+    text, invalid YAML, nesting deeper than :data:`MAX_YAML_DEPTH` or more than
+    :data:`MAX_YAML_NODES` nodes once aliases are expanded (a "billion laughs" alias bomb).
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise InputError(f"larger than {max_bytes} bytes", file=path, expected="a small YAML mapping")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path,
+                         expected="a UTF-8 YAML mapping") from None
+    loader = _BoundedSafeLoader(text, path)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())
+        raise InputError(f"invalid YAML ({first[:300]})", file=path, expected="a YAML mapping") from None
+    except RecursionError:  # not reached under MAX_YAML_DEPTH; kept so no traceback can escape
+        raise InputError("nesting too deep", file=path, expected="a params mapping nested a few levels deep"
+                         ) from None
+    finally:
+        loader.dispose()
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` for error messages: never walks more than a few items of a huge value."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 4, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,17 +366,26 @@ def _present(node: Any, parts: list[str], prefix: tuple[str, ...], file: str | P
 
 
 def validate_params(params: Mapping[str, Any], *, file: str | Path = PARAMS_FILE) -> None:
-    """Check every known key of ``params`` against :data:`PARAMS_SCHEMA`; absent keys are fine.
+    """Check ``params``: every value against :data:`PARAMS_SCHEMA`, every key against the typed
+    settings (:func:`hmrmamba.settings.parse_settings`: unknown keys are refused in every section,
+    nested ones included); absent keys are fine (they take the settings' defaults).
 
     Raises :class:`InputError` naming the file, the dotted key and what it may hold, so absurd
-    values (negative sizes, NaN rates, strings for numbers, ``..`` output paths) stop a stage
-    before it reads or writes anything.
+    values (negative sizes, NaN rates, strings for numbers, ``..`` output paths) and typos
+    (``train_lift.epocs``) stop a stage before it reads or writes anything.
     """
+    from hmrmamba.settings import parse_settings
+
+    parse_settings(params, file=file)
+
+
+def check_values(params: Mapping[str, Any], *, file: str | Path = PARAMS_FILE) -> None:
+    """Check every present key of ``params`` that :data:`PARAMS_SCHEMA` has a rule for."""
     for pattern, rule in PARAMS_SCHEMA.items():
         for key, value in _present(params, pattern.split("."), (), file):
             if not rule.accepts(value):
-                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-                raise InputError(f"invalid value {shown}", file=file, field=key, expected=rule.describe())
+                raise InputError(f"invalid value {short_repr(value)}", file=file, field=key,
+                                 expected=rule.describe())
 
 
 def section(params: Mapping[str, Any], name: str, *, file: str = PARAMS_FILE) -> dict[str, Any]:

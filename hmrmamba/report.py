@@ -64,8 +64,8 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     from hmrmamba.data.h5schema import read_split
     from hmrmamba.data.loading import load_split_arrays, select_sequences
     from hmrmamba.evaluate import predict_split, smpl_targets
-    from hmrmamba.stages.evaluate import load_trained
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
+    from hmrmamba.train.trained import load_trained
 
     exp = experiment_settings(params)
     split = params.get("evaluate", {}).get("split", "test")

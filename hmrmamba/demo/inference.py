@@ -1,7 +1,7 @@
 """The trained model with everything needed to run it on new frames.
 
 :func:`load_inference` rebuilds the model from a checkpoint alone (its saved config, through
-:func:`hmrmamba.stages.evaluate.load_trained`, with the project's mesh assets), and the ResNet-50
+:func:`hmrmamba.train.trained.load_trained`, with the project's mesh assets), and the ResNet-50
 and crop settings from the ``features`` section of ``params.yaml`` (the same backbone the
 features stage used, so the model sees features of the kind it was trained on).
 
@@ -67,11 +67,11 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     import hmrmamba.evaluate  # noqa: F401  (imports pandas: pay it here, not in the first prediction)
     from hmrmamba.body_model import load_body_arrays
     from hmrmamba.config import find_project_root, load_params
+    from hmrmamba.features.backbone import build_backbone
     from hmrmamba.features.extract import prepare_model
     from hmrmamba.render.scene import part_colors
-    from hmrmamba.stages.evaluate import load_trained
-    from hmrmamba.stages.features import build_backbone
     from hmrmamba.train.checkpoint import load_checkpoint
+    from hmrmamba.train.trained import load_trained
 
     root = find_project_root() if root is None else Path(root)
     params = load_params(root / "params.yaml")

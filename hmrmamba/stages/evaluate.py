@@ -5,23 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hmrmamba.errors import MissingFileError
 from hmrmamba.layout import Layout
 from hmrmamba.stages.common import main as stage_main
+from hmrmamba.train.trained import load_trained  # noqa: F401  (the library's; re-exported for callers)
 
 STAGE = "evaluate"
-
-
-def load_trained(path, layout: Layout, *, lift_only: bool):
-    """Rebuild a model from a checkpoint alone (its saved config), with the project's mesh assets."""
-    from hmrmamba.models.registry import build_from_config
-    from hmrmamba.train.checkpoint import model_from_checkpoint
-    from hmrmamba.train.experiment import load_mesh_assets
-
-    if not path.exists():
-        raise MissingFileError("checkpoint not found", file=path, expected="the output of the training stages")
-    assets = None if lift_only else load_mesh_assets(layout)[0]
-    return model_from_checkpoint(path, build=lambda cfg: build_from_config(cfg, assets=assets, lift_only=lift_only))
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
@@ -69,7 +57,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
             smpl_reg = torch.as_tensor(arrays["J_regressor"][:1], dtype=torch.float32)
             pelvis = torch.einsum("jv,nvc->njc", smpl_reg, torch.as_tensor(pred.vertices))[:, 0].numpy()
         summary, per_seq, per_joint = evaluate_predictions(
-            pred, data, eval_joints=eval_joints, gt_mesh=gt_mesh, pred_pelvis=pelvis)
+            pred, data, eval_joints=eval_joints, gt_mesh=gt_mesh, pred_pelvis=pelvis, faces=arrays["f"])
         results[name] = {k: round(v, 3) for k, v in summary.items()}
         tables[name] = (per_seq, per_joint)
     per_seq, per_joint = tables["mesh"]

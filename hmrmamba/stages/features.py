@@ -11,36 +11,18 @@ Where the pixels come from, per split:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from hmrmamba.config import resolve_path
 from hmrmamba.errors import InputError
+from hmrmamba.features.backbone import build_backbone
 from hmrmamba.layout import Layout
+from hmrmamba.settings import section_settings
 from hmrmamba.stages.common import main as stage_main
 from hmrmamba.stages.detect2d import splits_of
 
 STAGE = "features"
-log = logging.getLogger(__name__)
-
-
-def build_backbone(p: Mapping[str, Any], layout: Layout):
-    """The configured backbone and a note on where its weights came from."""
-    from hmrmamba.features.resnet import ResNet50
-    from hmrmamba.features.weights import load_backbone_weights
-
-    if p.get("backbone", "resnet50") != "resnet50":
-        raise InputError(f"unknown backbone '{p.get('backbone')}'", file="params.yaml",
-                         field="features.backbone", expected="'resnet50'")
-    model = ResNet50(init_seed=int(p.get("init_seed", 0)))
-    if p.get("weights"):
-        path = resolve_path(layout.root, p["weights"], field="features.weights")
-        report = load_backbone_weights(model, path)
-        return model, f"loaded {path} ({report})"
-    note = f"seeded random init (init_seed={int(p.get('init_seed', 0))}); set features.weights for pretrained"
-    log.warning("features: %s", note)
-    return model, note
 
 
 def image_hw(data) -> Any:
@@ -100,8 +82,8 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
     from hmrmamba.data.h5schema import read_split, write_table
     from hmrmamba.features.sequences import sequence_boxes
 
-    p = params[STAGE]
-    value = p["import_path"]
+    fs = section_settings(params, STAGE)
+    value = fs.import_path
     paths = {}
     for split in splits:
         rel = import_path_for(value, split)
@@ -117,8 +99,8 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
         stride = int(data[split].attrs.get("frame_stride", 1))
         frame = split_frame_index(data[split].seqs["seq_len"], stride=stride)
         rows[split] = match_split_rows(loaded[paths[split]], data[split], frame=frame, split=split)
-    source = p.get("bbox_source", "cpn")
-    metrics: dict[str, Any] = {"weights": "imported", "crop_size": int(p["crop_size"])}
+    source = fs.bbox_source
+    metrics: dict[str, Any] = {"weights": "imported", "crop_size": fs.crop_size}
     for split in splits:
         imported, d = loaded[paths[split]], data[split]
         out = {"features": imported.features[rows[split]].astype(np.float16)}
@@ -127,11 +109,11 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
         else:
             kp, conf = read_detections(layout, split, source, d.num_frames)
             out["boxes"] = sequence_boxes(kp, conf, seq_start=d.seqs["seq_start"], seq_len=d.seqs["seq_len"],
-                                          image_hw=image_hw(d), scale=float(p.get("bbox_scale", 1.2)))
+                                          image_hw=image_hw(d), scale=fs.bbox_scale)
         write_table(layout.features(split), out,
                     attrs={"backbone": "imported", "weights": f"imported from {paths[split]}",
                            "bbox_source": "file" if imported.bbox is not None else source,
-                           "crop_size": int(p["crop_size"]), "image_source": "import"})
+                           "crop_size": fs.crop_size, "image_source": "import"})
         metrics[split] = {"frames": d.num_frames, "rows_in_file": imported.num_rows,
                           "feature_std": float(np.std(out["features"].astype(np.float32))), "source": "import"}
     return metrics
@@ -144,16 +126,16 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.features.extract import extract_features
     from hmrmamba.features.sequences import extract_from_sources, sequence_boxes
 
-    p = params[STAGE]
+    fs = section_settings(params, STAGE)
     splits = splits_of(params)
-    if p.get("import_path"):
+    if fs.import_path:
         return run_import(params, layout, splits)
     plans = plan_sources(params, layout, splits)
-    model, weights_note = build_backbone(p, layout)
-    source = p.get("bbox_source", "cpn")
-    common = {"model": model, "crop_size": int(p["crop_size"]), "batch_size": int(p["batch_size"]),
-              "keep_spatial": bool(p.get("keep_spatial"))}
-    metrics: dict[str, Any] = {"weights": weights_note, "crop_size": int(p["crop_size"])}
+    model, weights_note = build_backbone(fs, layout)
+    source = fs.bbox_source
+    common = {"model": model, "crop_size": fs.crop_size, "batch_size": fs.batch_size,
+              "keep_spatial": fs.keep_spatial}
+    metrics: dict[str, Any] = {"weights": weights_note, "crop_size": fs.crop_size}
     for split in splits:
         prepared = layout.prepared(split)
         if plans[split] is None:  # pixels stored in the split (synthetic)
@@ -161,20 +143,20 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
                 images = h5["frames/image"]
                 n = images.shape[0]
                 kp, conf = read_detections(layout, split, source, n)
-                out = extract_features(images, kp, conf, bbox_scale=float(p.get("bbox_scale", 1.2)), **common)
+                out = extract_features(images, kp, conf, bbox_scale=fs.bbox_scale, **common)
             image_source = "frames/image"
         else:  # a real dataset's videos / images, streamed per sequence
             data = read_split(prepared)
             n = data.num_frames
             kp, conf = read_detections(layout, split, source, n)
             boxes = sequence_boxes(kp, conf, seq_start=data.seqs["seq_start"], seq_len=data.seqs["seq_len"],
-                                   image_hw=image_hw(data), scale=float(p.get("bbox_scale", 1.2)))
+                                   image_hw=image_hw(data), scale=fs.bbox_scale)
             out = extract_from_sources(plans[split], boxes, seq_start=data.seqs["seq_start"],
                                        seq_len=data.seqs["seq_len"], **common)
             image_source = plans[split][0].kind if plans[split] else "none"
         write_table(layout.features(split), dict(out),
                     attrs={"backbone": "resnet50", "weights": weights_note, "bbox_source": source,
-                           "crop_size": int(p["crop_size"]), "image_source": image_source})
+                           "crop_size": fs.crop_size, "image_source": image_source})
         metrics[split] = {"frames": int(n), "feature_std": float(np.std(out["features"].astype(np.float32))),
                           "source": image_source}
     return metrics

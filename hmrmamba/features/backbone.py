@@ -1,0 +1,42 @@
+"""The configured image backbone (``params.yaml: features``) and where its weights came from."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from hmrmamba.errors import InputError
+from hmrmamba.layout import Layout
+
+__all__ = ["BACKBONES", "build_backbone"]
+
+log = logging.getLogger(__name__)
+
+#: The backbones ``features.backbone`` may name.
+BACKBONES: tuple[str, ...] = ("resnet50",)
+
+
+def build_backbone(p: Mapping[str, Any] | Any, layout: Layout):
+    """-> (model, note on where its weights came from) for the ``features`` settings ``p``.
+
+    ``p``: a :class:`hmrmamba.settings.FeaturesSettings`, or the raw ``features`` mapping (parsed
+    into one, so absent keys take the settings' defaults).
+    """
+    from hmrmamba.config import resolve_path
+    from hmrmamba.features.resnet import ResNet50
+    from hmrmamba.features.weights import load_backbone_weights
+    from hmrmamba.settings import FeaturesSettings, section_settings
+
+    s = p if isinstance(p, FeaturesSettings) else section_settings({"features": dict(p)}, "features")
+    if s.backbone not in BACKBONES:
+        raise InputError(f"unknown backbone '{s.backbone}'", file="params.yaml",
+                         field="features.backbone", expected="'resnet50'")
+    model = ResNet50(init_seed=int(s.init_seed))
+    if s.weights:
+        path = resolve_path(layout.root, s.weights, field="features.weights")
+        report = load_backbone_weights(model, path)
+        return model, f"loaded {path} ({report})"
+    note = f"seeded random init (init_seed={int(s.init_seed)}); set features.weights for pretrained"
+    log.warning("features: %s", note)
+    return model, note

@@ -141,3 +141,48 @@ def test_template_init_without_a_rest_pose_is_refused():
         MotionGuidedReconstructor(upsample=a.upsample, vertex_init=a.vertex_init, joint_regressor=a.joint_regressor,
                                   coarse_init="template", feat_dim=8, context="none")
     assert isinstance(a, MeshAssets)
+
+
+def test_implicit_motion_sees_no_frame_differences():
+    """IM is per frame: permuting the frames permutes its output, so it cannot read M_exp."""
+    from hmrmamba.models.reconstructor import ImplicitMotion
+
+    torch.manual_seed(0)
+    im = ImplicitMotion(num_joints=17, feat_dim=12, dim=8)
+    torch.nn.init.normal_(im.film.weight)  # zero-initialised FiLM would hide the pose path
+    feats, pose = torch.randn(2, 6, 12), torch.randn(2, 6, 17, 3)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    out = im(feats, pose)
+    assert torch.allclose(im(feats[:, perm], pose[:, perm]), out[:, perm], atol=1e-6)
+    moved = pose.clone()
+    moved[:, 2] += 0.1  # changes the frame differences at frames 2 and 3, the pose at frame 2 only
+    diff = (im(feats, moved) - out).abs().amax(dim=(0, 2))
+    assert diff[2] > 1e-4 and torch.all(diff[[0, 1, 3, 4, 5]] == 0)
+
+
+@pytest.mark.parametrize("row", ["ga", "ga+em", "ga+im", "em+im"])
+def test_table3_rows_are_the_full_model_minus_exactly_the_named_modules(row):
+    from hmrmamba.models import TABLE3_ABLATIONS
+
+    names = ["ga", "ga+em", "ga+im", "em+im", "full"]
+    flags = dict(zip(names, TABLE3_ABLATIONS))
+    assets = random_mesh_assets(sizes=(200, 60, 20))
+    full = {k for k, _ in build("tiny", assets=assets, **flags["full"]).named_parameters()}
+    part = {k for k, _ in build("tiny", assets=assets, **flags[row]).named_parameters()}
+    assert part <= full
+    removed = full - part
+    owners = {"ga": "lifter.ga_blocks", "em": "reconstructor.context.explicit", "im": "reconstructor.context.implicit"}
+    dropped = [m for m in ("ga", "em", "im") if not flags[row][m]]
+    if "em" in dropped and "im" in dropped:  # no motion source left: the motion attention is absent
+        owners["em"] = owners["im"] = "reconstructor.context"
+    # the attention's key/value projections shrink with one source fewer; nothing else changes
+    shape_only = {"reconstructor.context.kv_norm.weight", "reconstructor.context.kv_norm.bias",
+                  "reconstructor.context.w_k.weight", "reconstructor.context.w_v.weight"}
+    for k in removed:
+        assert any(k.startswith(owners[m]) for m in dropped), k
+    for m in dropped:
+        assert any(k.startswith(owners[m]) for k in removed), m
+    full_shapes = dict((k, v.shape) for k, v in build("tiny", assets=assets, **flags["full"]).named_parameters())
+    part_shapes = dict((k, v.shape) for k, v in build("tiny", assets=assets, **flags[row]).named_parameters())
+    changed = {k for k in part_shapes if part_shapes[k] != full_shapes[k]}
+    assert changed <= shape_only

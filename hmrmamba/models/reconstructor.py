@@ -8,9 +8,11 @@ image-conditioned residual is added; joints are regressed from the vertices.
 Motion representations (derived from P3D (B, T, J, 3)):
 
 - explicit ``M_exp[t] = P3D[t] - P3D[t-1]``, ``M_exp[0] = 0`` (:func:`explicit_motion`);
-- implicit ``M_imp``: the image features *corrected by motion* — the projected, normalised features
-  are modulated feature-wise (FiLM) by an embedding of the frame's pose and velocity:
-  ``M_imp = LN(W_f Fimg) * (1 + gamma(m)) + beta(m)``, ``m = GELU(W_m [P3D[t], M_exp[t]])``.
+- implicit ``M_imp``: the image features *corrected by the lifted pose* — the projected, normalised
+  features are modulated feature-wise (FiLM) by an embedding of the frame's lifted pose:
+  ``M_imp = LN(W_f Fimg) * (1 + gamma(m)) + beta(m)``, ``m = GELU(W_m P3D[t])``. It sees no frame
+  differences: motion enters only through the attention over time, so ``em=False`` removes every
+  explicit difference from the model (Table 3's GA+IM row).
 
 Motion-aware attention (eq. 12), over time, ``num_heads`` heads::
 
@@ -273,23 +275,24 @@ def explicit_motion(pose3d: torch.Tensor, previous: torch.Tensor | None = None) 
 
 
 class ImplicitMotion(nn.Module):
-    """M_imp: feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, dim), image features corrected (FiLM) by motion."""
+    """M_imp: feats (B, T, F), pose3d (B, T, J, 3) -> (B, T, dim), image features corrected (FiLM) by the
+    lifted pose of the same frame (per frame: no frame differences, no other frame)."""
 
     def __init__(self, *, num_joints: int, feat_dim: int, dim: int):
         super().__init__()
         self.feat_norm = nn.LayerNorm(feat_dim)
         self.feat_proj = nn.Linear(feat_dim, dim)
-        self.motion_embed = nn.Linear(2 * num_joints * 3, dim)
+        self.motion_embed = nn.Linear(num_joints * 3, dim)
         self.film = nn.Linear(dim, 2 * dim)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
 
     def forward(self, feats: torch.Tensor, pose3d: torch.Tensor, previous: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """feats (B, T, F), pose3d (B, T, J, 3)[, previous (B, J, 3)] -> (B, T, dim)."""
+        """feats (B, T, F), pose3d (B, T, J, 3)[, previous (B, J, 3): unused, kept for the streaming call]
+        -> (B, T, dim)."""
         b, t = pose3d.shape[:2]
-        motion = torch.cat([pose3d, explicit_motion(pose3d, previous)], -1).reshape(b, t, -1)
-        m = F.gelu(self.motion_embed(motion))
+        m = F.gelu(self.motion_embed(pose3d.reshape(b, t, -1)))
         gamma, beta = self.film(m).chunk(2, dim=-1)
         f = self.feat_proj(self.feat_norm(feats))
         return F.layer_norm(f, f.shape[-1:]) * (1.0 + gamma) + beta

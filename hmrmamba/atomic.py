@@ -139,6 +139,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+def make_output_dir(path: str | Path, *, field: str = "--out") -> Path:
+    """``mkdir -p path`` for an output folder; a path that is (or passes through) a file is an
+    :class:`InputError` naming it, not a ``FileExistsError``/``NotADirectoryError``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("exists and is a file", file=path, field=field, expected="a folder (new or existing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError("a parent of it is a file, not a directory", file=path, field=field,
+                         expected="a folder path whose parents are folders") from None
+    return path
+
+
 #: Entries that mark a directory as a project or repository, never an output to replace.
 _PROJECT_MARKERS = ("params.yaml", "dvc.yaml", "pyproject.toml", ".git", ".dvc")
 

@@ -245,6 +245,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.torchscript or args.onnx:
         from hmrmamba.demo.inference import load_inference
 
+        export.check_frames(args.frames)  # before the model is loaded
         inf = load_inference(args.checkpoint)
         path, how = export.export_model(inf.model, args.out, fmt="onnx" if args.onnx else "torchscript",
                                         frames=args.frames)

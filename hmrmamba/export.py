@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmrmamba.atomic import atomic_path
+from hmrmamba.atomic import atomic_path, make_output_dir
 from hmrmamba.errors import InputError, MissingFileError
 
 __all__ = [
@@ -125,8 +125,7 @@ def write_mesh_sequence(out_dir: str | Path, vertices: np.ndarray, faces: np.nda
     if fmt not in ("obj", "ply"):
         raise InputError(f"format {fmt!r}", field="format", expected="'obj' or 'ply' for per-frame files")
     v, f = _check_mesh(vertices, faces, sequence=True)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir)
     writer = write_obj if fmt == "obj" else write_ply
     return [writer(out_dir / f"{prefix}{i:06d}.{fmt}", v[i], f) for i in range(len(v))]
 
@@ -243,9 +242,9 @@ def read_meshes(path: str | Path) -> MeshSequence:
                              expected="vertices (N, V, 3), joints, faces (F, 3), fps")
     v, f = _check_mesh(arrays["vertices"], arrays["faces"], file=path, sequence=True)
     n = len(v)
-    fps = float(np.asarray(arrays["fps"]).reshape(()))
-    if not fps > 0:
-        raise InputError(f"fps={fps}", file=path, field="fps", expected="a positive frame rate")
+    if n == 0:
+        raise InputError("has 0 frames", file=path, field="vertices", expected="(N, V, 3) with N >= 1 frames")
+    fps = _scalar_fps(arrays["fps"], path)
     joints = arrays.get("joints", np.zeros((n, 0, 3), np.float32))
     detected = np.asarray(arrays.get("detected", np.ones(n, bool)), bool)
     translation = arrays.get("translation", np.full((n, 3), np.nan, np.float32))
@@ -254,6 +253,19 @@ def read_meshes(path: str | Path) -> MeshSequence:
                          file=path, field="detected/translation/joints", expected=f"{n} rows, one per frame")
     return MeshSequence(vertices=v, joints=joints.astype(np.float32), faces=f, fps=fps, detected=detected,
                         translation=translation.astype(np.float32))
+
+
+def _scalar_fps(value: Any, path: Path) -> float:
+    """The ``fps`` member as a float: one finite, positive number (not a vector, not a string)."""
+    a = np.asarray(value)
+    shown = repr(a.tolist()) if a.size <= 4 else f"an array of shape {a.shape}"
+    if a.size != 1 or a.dtype.kind not in "fiu":
+        raise InputError(f"fps is {shown} (dtype {a.dtype})", file=path, field="fps",
+                         expected="one positive number (frames per second)")
+    fps = float(a.reshape(()))
+    if not (np.isfinite(fps) and 0 < fps <= 10_000):
+        raise InputError(f"fps={fps}", file=path, field="fps", expected="a positive frame rate up to 10000")
+    return fps
 
 
 def export_meshes(meshes: str | Path, *, fmt: str, out: str | Path) -> list[Path]:
@@ -313,6 +325,18 @@ def dense_copy(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+#: clip lengths an exported model may take
+MAX_EXPORT_FRAMES = 10_000
+
+
+def check_frames(frames: Any) -> int:
+    """``--frames``: an integer in [1, :data:`MAX_EXPORT_FRAMES`]."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_EXPORT_FRAMES:
+        raise InputError(f"frames={frames!r}", field="--frames",
+                         expected=f"an integer clip length in [1, {MAX_EXPORT_FRAMES}]")
+    return int(frames)
+
+
 def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str, frames: int = 16) -> tuple[Path, str]:
     """Export ``model`` (an HMRMamba) for CPU inference on clips of ``frames`` frames -> (path, how).
 
@@ -325,6 +349,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str, frames: i
     """
     if fmt not in MODEL_FORMATS:
         raise InputError(f"format {fmt!r}", field="format", expected=" | ".join(MODEL_FORMATS))
+    frames = check_frames(frames)
     out = Path(out)
     wrapped = ExportWrapper(dense_copy(model)).eval()
     feat_dim = int(model.feat_mean.shape[0])

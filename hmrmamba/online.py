@@ -119,7 +119,7 @@ class Tracker:
         from hmrmamba.data.loading import normalize_keypoints
         from hmrmamba.demo.camera import default_camera, estimate_translation
         from hmrmamba.demo.inference import choose_supersample
-        from hmrmamba.demo.keypoints import detected_frames
+        from hmrmamba.demo.keypoints import clean_keypoints, detected_frames
         from hmrmamba.features.crops import bbox_from_keypoints
         from hmrmamba.features.extract import iter_features
 
@@ -134,10 +134,9 @@ class Tracker:
                 raise InputError("no keypoints and no detector", field="keypoints",
                                  expected="keypoints (17, 2) px, or a Tracker built with a detector")
             keypoints, confidence = self.detector(frame)
-        kp = np.asarray(keypoints, np.float32).reshape(17, 2)
-        conf = (np.ones(17, np.float32) if confidence is None
-                else np.asarray(confidence, np.float32).reshape(17))
-        conf = np.where(np.isfinite(kp).all(-1), np.nan_to_num(conf, nan=0.0), 0.0).astype(np.float32)
+        kp, conf = clean_keypoints(np.asarray(keypoints, np.float32).reshape(17, 2),
+                                   None if confidence is None else np.asarray(confidence, np.float32).reshape(17),
+                                   frame.shape[:2])
         detected = bool(detected_frames(kp[None], conf[None])[0])
         if detected:
             kp = np.where(np.isfinite(kp), kp, np.nanmean(np.where(conf[:, None] > 0, kp, np.nan), 0))

@@ -7,6 +7,10 @@ atomically (a temporary sibling file renamed into place), so a crash never leave
 
 Frame folders hold ``.jpg``/``.jpeg``/``.png`` files sorted *naturally* (``img_2`` before
 ``img_10``); they carry no frame rate, so ``fps`` is the ``fps`` argument (default 25).
+
+Frames larger than :data:`MAX_FRAME_PIXELS` are refused from the container's or the image file's
+header, before a single frame is decoded (a 10000 x 10000 PNG of a few KB decodes to 300 MB);
+every image of a folder is checked by its header before it is decoded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,37 @@ from hmrmamba.errors import InputError, MissingFileError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FOLDER_FPS = 25.0
+#: the most pixels a frame may have: 4096 x 4096 (4K UHD and DCI 4K fit; 48 MB of RGB)
+MAX_FRAME_PIXELS = 4096 * 4096
+
+
+def check_frame_size(width: int, height: int, *, file: str | Path) -> None:
+    """Refuse a frame of ``width`` x ``height`` px beyond :data:`MAX_FRAME_PIXELS` (from a header)."""
+    if int(width) * int(height) > MAX_FRAME_PIXELS:
+        raise InputError(f"frames of {int(width)} x {int(height)} px ({int(width) * int(height) / 1e6:.0f} "
+                         "Mpx) are too large to decode", file=file, field="size",
+                         expected=f"at most {MAX_FRAME_PIXELS / 1e6:.1f} Mpx per frame (4096 x 4096); "
+                                  "downscale the video first")
+
+
+def image_header_size(file: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone (Pillow opens lazily: no pixel is
+    decoded); raises :class:`InputError` for a file that is not an image."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
+            with Image.open(file) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as err:  # over twice Pillow's own limit: larger than ours too
+        raise InputError(f"frame too large to decode ({_error_line(err)})", file=file, field="size",
+                         expected=f"at most {MAX_FRAME_PIXELS / 1e6:.1f} Mpx per frame (4096 x 4096)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"cannot be read as an image ({_error_line(err)})", file=file,
+                         field="pixels", expected="a jpg or png image") from None
 
 
 def natural_key(name: str) -> tuple:
@@ -83,6 +118,7 @@ class VideoReader:
         else:
             meta = self._probe()
             width, height = meta["size"]
+            check_frame_size(width, height, file=self.path)
             self.size = (int(height), int(width))
             self.fps = float(meta.get("fps") or DEFAULT_FOLDER_FPS) if fps is None else float(fps)
             self.num_frames = self._count_frames()
@@ -136,6 +172,11 @@ class VideoReader:
     def _load_image(self, file: Path, *, size: tuple[int, int] | None) -> np.ndarray:
         import imageio.v3 as iio
 
+        width, height = image_header_size(file)
+        check_frame_size(width, height, file=file)
+        if size is not None and (height, width) != tuple(size):
+            raise InputError(f"frame of size {(height, width)}", file=file, field="size",
+                             expected=f"every frame of {self.path} to be {size} (H, W)")
         try:
             image = iio.imread(file, plugin="pillow")
         except (OSError, ValueError, SyntaxError) as err:  # pillow's errors for a broken/unknown image

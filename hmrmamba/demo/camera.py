@@ -17,7 +17,7 @@ import numpy as np
 
 from hmrmamba.errors import InputError
 
-__all__ = ["default_camera", "estimate_translation", "project"]
+__all__ = ["MAX_FOCAL_PX", "check_focal", "default_camera", "estimate_translation", "project"]
 
 
 def default_camera(image_size: tuple[int, int], *, focal: float | None = None) -> np.ndarray:
@@ -25,10 +25,25 @@ def default_camera(image_size: tuple[int, int], *, focal: float | None = None) -
     h, w = (int(s) for s in image_size)
     if h < 1 or w < 1:
         raise InputError(f"image size {image_size}", field="image_size", expected="(H, W) >= 1")
-    f = float(max(h, w) if focal is None else focal)
-    if not f > 0:
-        raise InputError(f"focal={focal}", field="focal", expected="a positive focal length in pixels")
+    f = float(max(h, w)) if focal is None else check_focal(focal)
     return np.array([f, f, (w - 1) / 2.0, (h - 1) / 2.0], dtype=np.float64)
+
+
+#: the largest focal length accepted, px (a 0.03 degree field of view on a 4K frame)
+MAX_FOCAL_PX = 1e7
+
+
+def check_focal(focal) -> float:
+    """``--focal`` as a float: finite, positive, at most :data:`MAX_FOCAL_PX` (``inf`` would make every
+    translation NaN)."""
+    try:
+        f = float(focal)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (np.isfinite(f) and 0 < f <= MAX_FOCAL_PX):
+        raise InputError(f"focal={focal!r}", field="--focal",
+                         expected=f"a finite focal length in pixels in (0, {MAX_FOCAL_PX:g}]")
+    return f
 
 
 def project(points: np.ndarray, camera: np.ndarray) -> np.ndarray:
@@ -52,9 +67,10 @@ def estimate_translation(joints: np.ndarray, keypoints: np.ndarray, confidence: 
     if X.ndim != 3 or X.shape[-1] != 3 or uv.shape != X.shape[:-1] + (2,) or w.shape != X.shape[:-1]:
         raise InputError(f"joints {X.shape}, keypoints {uv.shape}, confidence {w.shape}", field="joints",
                          expected="(N, J, 3), (N, J, 2) and (N, J)")
-    bad = ~np.isfinite(uv).all(-1)
-    w[bad | ~np.isfinite(w)] = 0.0
+    w[~np.isfinite(w)] = 0.0
     w = np.clip(w, 0.0, None)
+    bad = ~np.isfinite(uv).all(-1) | (w <= 0)  # a joint of weight 0 takes no part, whatever its pixel
+    w[bad] = 0.0
     uv = np.where(bad[..., None], 0.0, uv)
     fx, fy, cx, cy = (float(c) for c in camera)
     du, dv = uv[..., 0] - cx, uv[..., 1] - cy

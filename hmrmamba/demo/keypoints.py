@@ -14,13 +14,21 @@ pelvis = mid-hips, thorax = mid-shoulders, spine = mid(pelvis, thorax), neck = n
 of eyes and ears; a synthesized joint's confidence is the lowest of its sources' visibilities.
 
 **Detections.** A frame is *detected* when at least :data:`MIN_DETECTED_JOINTS` joints are finite
-with confidence >= :data:`CONF_THRESHOLD`. Undetected frames are kept and flagged, never dropped;
+with confidence >= :data:`CONF_THRESHOLD` and those joints span at least :data:`MIN_SPREAD_PX`
+pixels (all joints on one pixel is no person). A joint farther outside the image than
+:data:`OUTSIDE_MARGIN` image sizes (or beyond :data:`MAX_ABS_PX` when the image size is unknown)
+is *unknown*: NaN with confidence 0, as if the file had said NaN (:func:`clean_keypoints`).
+
+**Sizes.** The file's array shapes are read from the ``.npy`` headers inside the zip before any
+data is decompressed, so a small compressed file that would inflate to (1e7, 17, 2) is refused by
+its header (:func:`npz_headers`); only ``keypoints`` and ``confidence`` are ever decompressed. Undetected frames are kept and flagged, never dropped;
 for the model's input they hold the nearest detected frame's keypoints with confidence 0
 (:func:`fill_undetected`), and the demo flags their meshes ``detected = False``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,12 @@ from hmrmamba.errors import InputError, MissingFileError
 __all__ = [
     "CONF_THRESHOLD",
     "DETECTORS",
+    "MAX_ABS_PX",
+    "MAX_KEYPOINT_FRAMES",
+    "MIN_SPREAD_PX",
+    "OUTSIDE_MARGIN",
+    "clean_keypoints",
+    "npz_headers",
     "MEDIAPIPE33_TO_COCO17",
     "MIN_DETECTED_JOINTS",
     "KeypointTrack",
@@ -47,6 +61,14 @@ __all__ = [
 CONF_THRESHOLD = 0.3
 #: a frame needs this many confident joints to count as a detection
 MIN_DETECTED_JOINTS = 6
+#: the confident joints of a detection span at least this many pixels (x or y)
+MIN_SPREAD_PX = 2.0
+#: a joint more than this many image widths/heights outside the image is unknown
+OUTSIDE_MARGIN = 1.0
+#: without an image size, a joint beyond this many pixels from the origin is unknown
+MAX_ABS_PX = 1e5
+#: rows a keypoints file may have when the video's frame count is not given (1e6 frames: 9 h at 30 fps)
+MAX_KEYPOINT_FRAMES = 1_000_000
 #: BlazePose landmark index of each COCO-17 keypoint, in COCO order
 MEDIAPIPE33_TO_COCO17: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
 DETECTORS = ("keypoints", "mediapipe")
@@ -67,31 +89,112 @@ class KeypointTrack:
 
 
 def detected_frames(keypoints: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """keypoints (N, 17, 2) px, confidence (N, 17) -> (N,) bool: enough confident, finite joints."""
-    ok = np.isfinite(keypoints).all(-1) & (np.nan_to_num(confidence, nan=-1.0) >= CONF_THRESHOLD)
-    return ok.sum(-1) >= MIN_DETECTED_JOINTS
+    """keypoints (N, 17, 2) px, confidence (N, 17) -> (N,) bool: enough confident, finite joints that
+    do not all sit on one spot (:data:`MIN_SPREAD_PX`)."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    ok = np.isfinite(kp).all(-1) & (np.nan_to_num(confidence, nan=-1.0) >= CONF_THRESHOLD)
+    enough = ok.sum(-1) >= MIN_DETECTED_JOINTS
+    masked = np.where(ok[..., None], kp, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: not detected anyway
+        spread = np.nanmax(masked, axis=-2) - np.nanmin(masked, axis=-2)  # (N, 2)
+    spread = np.nan_to_num(spread, nan=0.0).max(-1)
+    return enough & (spread >= MIN_SPREAD_PX)
 
 
-def make_track(keypoints: np.ndarray, confidence: np.ndarray | None) -> KeypointTrack:
-    """Checked track from keypoints (N, 17, 2) px and confidence (N, 17) or None (ones)."""
-    kp = np.asarray(keypoints, dtype=np.float32)
-    conf = np.ones(kp.shape[:2], np.float32) if confidence is None else np.asarray(confidence, np.float32)
-    conf = np.where(np.isfinite(kp).all(-1), np.nan_to_num(conf, nan=0.0), 0.0).astype(np.float32)
+def clean_keypoints(keypoints: np.ndarray, confidence: np.ndarray | None,
+                    image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """keypoints (..., 17, 2) px, confidence (..., 17) or None (ones) -> float32 copies where every
+    joint that is not finite, or implausibly far outside the image (:data:`OUTSIDE_MARGIN`; without
+    ``image_size`` (H, W), beyond :data:`MAX_ABS_PX`), is NaN with confidence 0. The confidence is
+    clipped to [0, 1]."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    conf = np.ones(kp.shape[:-1]) if confidence is None else np.asarray(confidence, dtype=np.float64)
+    good = np.isfinite(kp).all(-1)
+    with np.errstate(invalid="ignore"):
+        if image_size is not None:
+            h, w = (float(v) for v in image_size)
+            lo = np.array([-OUTSIDE_MARGIN * w, -OUTSIDE_MARGIN * h])
+            hi = np.array([(1 + OUTSIDE_MARGIN) * w, (1 + OUTSIDE_MARGIN) * h])
+            good &= ((kp >= lo) & (kp <= hi)).all(-1)
+        else:
+            good &= (np.abs(kp) <= MAX_ABS_PX).all(-1)
+    kp = np.where(good[..., None], kp, np.nan).astype(np.float32)
+    conf = np.where(good, np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0), 0.0).astype(np.float32)
+    return kp, conf
+
+
+def make_track(keypoints: np.ndarray, confidence: np.ndarray | None, *,
+               image_size: tuple[int, int] | None = None) -> KeypointTrack:
+    """Checked track from keypoints (N, 17, 2) px and confidence (N, 17) or None (ones); joints
+    outside the image (``image_size`` (H, W)) by more than :data:`OUTSIDE_MARGIN` are unknown."""
+    kp, conf = clean_keypoints(keypoints, confidence, image_size)
     return KeypointTrack(keypoints=kp, confidence=conf, detected=detected_frames(kp, conf))
 
 
-def load_keypoints(path: str | Path, *, num_frames: int | None = None) -> KeypointTrack:
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member of an ``.npz``, read from the headers alone (a few
+    hundred bytes of each member are decompressed, never the data)."""
+    import zipfile
+
+    path = Path(path)
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(fh)
+                out[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    except Exception as exc:  # noqa: BLE001 - zip/npy header errors come in many types; all are bad input
+        raise InputError(f"cannot be read as npz ({type(exc).__name__}: {str(exc)[:120]})", file=path,
+                         expected="an .npz written by numpy.savez") from None
+    return out
+
+
+def _check_header(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, want: tuple,
+                  num_frames: int | None, what: str) -> None:
+    """Shape/dtype of a member from its header, against ``want`` (None: any, the frame axis)."""
+    if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)) or \
+            dtype.kind not in "fiu":
+        raise InputError(f"has shape {shape} dtype {dtype}", file=path, field=name, expected=what)
+    if num_frames is not None and shape[0] != num_frames:
+        raise InputError(f"has {shape[0]} frames", file=path, field=name,
+                         expected=f"{num_frames} rows, one per video frame")
+    if shape[0] > MAX_KEYPOINT_FRAMES:
+        raise InputError(f"has {shape[0]:,} frames", file=path, field=name,
+                         expected=f"at most {MAX_KEYPOINT_FRAMES:,} rows (one per video frame)")
+
+
+def load_keypoints(path: str | Path, *, num_frames: int | None = None,
+                   image_size: tuple[int, int] | None = None) -> KeypointTrack:
     """Read ``keypoints`` (N, 17, 2) px and optional ``confidence`` (N, 17) from an npz -> KeypointTrack.
 
-    ``num_frames``: the video's frame count, which N must equal.
+    ``num_frames``: the video's frame count, which N must equal; ``image_size`` (H, W): joints far
+    outside it are unknown (see :func:`clean_keypoints`). Shapes are checked from the headers
+    before anything is decompressed.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError("keypoints file not found", file=path,
                                expected="an .npz with keypoints (N, 17, 2) px [and confidence (N, 17)]")
+    headers = npz_headers(path)
+    if "keypoints" not in headers:
+        raise InputError(f"has arrays {sorted(headers)}", file=path, field="keypoints",
+                         expected="(N, 17, 2) pixel coordinates in H36M-17 order")
+    _check_header(path, "keypoints", *headers["keypoints"], (None, 17, 2), num_frames,
+                  "(N, 17, 2) numbers, pixels, H36M-17 order")
+    if "confidence" in headers:
+        n = headers["keypoints"][0][0]
+        _check_header(path, "confidence", *headers["confidence"], (n, 17), num_frames,
+                      f"({n}, 17) numbers in [0, 1]")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            arrays = {k: data[k] for k in ("keypoints", "confidence") if k in headers}
     except Exception as exc:  # noqa: BLE001 - zip/npy errors come in many types; all are bad input here
         raise InputError(f"cannot be read as npz ({type(exc).__name__})", file=path,
                          expected="an .npz written by numpy.savez") from None
@@ -111,7 +214,7 @@ def load_keypoints(path: str | Path, *, num_frames: int | None = None) -> Keypoi
                          expected=f"{kp.shape[:2]} numbers in [0, 1]")
     if np.isinf(kp).any():
         raise InputError("contains Inf", file=path, field="keypoints", expected="finite pixels, or NaN for unknown")
-    return make_track(kp, conf)
+    return make_track(kp, conf, image_size=image_size)
 
 
 def fill_undetected(track: KeypointTrack) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,24 @@ def _check_out_dir(out: Path) -> None:
     check_replaceable_dir(out)
 
 
+#: ``--render-size`` bounds, px (the longest side of the pictures)
+RENDER_SIZE_RANGE = (16, 4096)
+
+
+def _check_options(render_size, focal, batch_size) -> None:
+    """Every option checked before any work (a bad one must not surface after inference)."""
+    from hmrmamba.demo.camera import check_focal
+
+    lo, hi = RENDER_SIZE_RANGE
+    if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or not lo <= render_size <= hi:
+        raise InputError(f"render_size={render_size!r}", field="--render-size",
+                         expected=f"an integer number of pixels in [{lo}, {hi}]")
+    if focal is not None:
+        check_focal(focal)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 4096:
+        raise InputError(f"batch_size={batch_size!r}", field="batch_size", expected="an integer in [1, 4096]")
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -119,7 +137,7 @@ def _detect(reader, detector, timer: StepTimer, progress: bool):
             kps.append(kp)
             confs.append(conf)
             bar.update(1)
-    return make_track(np.stack(kps), np.stack(confs))
+    return make_track(np.stack(kps), np.stack(confs), image_size=reader.size)
 
 
 def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: int):
@@ -176,10 +194,11 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     if detector == "keypoints" and keypoints is None:
         raise InputError("no keypoints file", field="--keypoints",
                          expected="--keypoints F.npz with keypoints (N, 17, 2) px, or --detector mediapipe")
+    _check_options(render_size, focal, batch_size)
     _check_out_dir(out)
     reader = VideoReader(video)
     n = reader.num_frames
-    track = load_keypoints(keypoints, num_frames=n) if keypoints is not None else None
+    track = load_keypoints(keypoints, num_frames=n, image_size=reader.size) if keypoints is not None else None
     if track is not None and not track.detected.any():
         fill_undetected(track)  # raises: no person detected
     det = None if track is not None else MediaPipePoseDetector(model_path=detector_model, fps=reader.fps)
@@ -203,6 +222,8 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
                 rel = pred_j - pred_j[:, :1]
                 trans = estimate_translation(rel, track.keypoints, track.confidence, camera)
                 trans[~track.detected] = np.nan
+                # a detection whose translation cannot be fitted is no detection (docs/demo.md)
+                track.detected = track.detected & np.isfinite(trans).all(-1)
     finally:
         if det is not None:
             det.close()
@@ -288,7 +309,9 @@ def _run_online(inference, reader, track, det, focal, timer: StepTimer, progress
     trans = np.stack([r.translation for r in results]).astype(np.float32)
     detected = np.array([r.detected for r in results], bool)
     trans[~detected] = np.nan
-    out_track = make_track(kps, confs)
+    out_track = make_track(kps, confs, image_size=reader.size)
+    detected &= np.isfinite(trans).all(-1)
+    trans[~detected] = np.nan
     out_track.detected = detected
     return stack["vertices"], stack["joints"], stack["pose3d"], trans, out_track
 

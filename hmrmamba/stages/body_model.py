@@ -17,34 +17,35 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba import body_model as bm
     from hmrmamba import mesh_sampling as ms
     from hmrmamba.bodygen import build_procedural_smpl
+    from hmrmamba.settings import section_settings
 
-    p = params[STAGE]
-    source = p.get("source", "procedural")
+    p = section_settings(params, STAGE)
+    source = p.source
     if source == "procedural":
-        arrays = build_procedural_smpl(seed=int(p.get("seed", 0)))
+        arrays = build_procedural_smpl(seed=p.seed)
     elif source == "smpl":
-        if not p.get("smpl_path"):
+        if not p.smpl_path:
             raise InputError("source is 'smpl' but no smpl_path", file="params.yaml",
                              field="body_model.smpl_path",
                              expected="a .npz made by `hmrmamba convert-smpl SMPL_NEUTRAL.pkl`")
-        arrays = bm.load_body_arrays(resolve_path(layout.root, p["smpl_path"], field="body_model.smpl_path"))
+        arrays = bm.load_body_arrays(resolve_path(layout.root, p.smpl_path, field="body_model.smpl_path"))
         if "J_regressor_h36m" not in arrays:
-            if not p.get("h36m_regressor"):
+            if not p.h36m_regressor:
                 raise InputError("the SMPL file has no J_regressor_h36m", file="params.yaml",
                                  field="body_model.h36m_regressor",
                                  expected="path to J_regressor_h36m_correct.npy (17, 6890)")
             arrays["J_regressor_h36m"] = bm.load_regressor_npy(
-                resolve_path(layout.root, p["h36m_regressor"], field="body_model.h36m_regressor"))
+                resolve_path(layout.root, p.h36m_regressor, field="body_model.h36m_regressor"))
     else:
         raise InputError(f"unknown source '{source}'", file="params.yaml", field="body_model.source",
                          expected="'procedural' or 'smpl'")
     bm.save_body_model(layout.body_model, arrays)
-    if p.get("downsampling_path"):
+    if p.downsampling_path:
         hierarchy = ms.load_mesh_downsampling(
-            resolve_path(layout.root, p["downsampling_path"], field="body_model.downsampling_path"))
+            resolve_path(layout.root, p.downsampling_path, field="body_model.downsampling_path"))
     else:
         hierarchy = ms.compute_downsampling(arrays["v_template"], arrays["f"],
-                                            sizes=tuple(p.get("downsample_sizes", (1723, 431))))
+                                            sizes=tuple(p.downsample_sizes))
     ms.save_mesh_hierarchy(layout.downsampling, hierarchy)
     smpl = bm.load_smpl(layout.body_model)  # the file must load through smplx
     return {"source": source, "vertices": int(smpl.v_template.shape[0]), "faces": int(arrays["f"].shape[0]),

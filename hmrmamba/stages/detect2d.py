@@ -27,9 +27,10 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.data.real import is_real, real_detections, real_sources
     from hmrmamba.detect.sources import DETECTOR_SOURCES, detect, error_report
     from hmrmamba.seeding import named_rng
+    from hmrmamba.settings import section_settings
 
-    p = params[STAGE]
-    sources = list(p["sources"])
+    p = section_settings(params, STAGE)
+    sources = list(p.sources)
     real = is_real(params)
     allowed = list(DETECTOR_SOURCES) + list(real_sources(params) if real else ())
     unknown = [s for s in sources if s not in allowed]
@@ -47,15 +48,15 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
             if det is None:
                 file = None
                 if source == "file":
-                    files = p.get("files") or {}
+                    files = p.files
                     if split not in files:
                         raise InputError(f"no keypoint file for split '{split}'", file="params.yaml",
                                          field="detect2d.files", expected=f"{{{split}: path/to/file.npz}}")
                     file = resolve_path(layout.root, files[split], field=f"detect2d.files.{split}")
                 det = detect(source, joints2d=data.frames["joints2d"], seq_start=data.seqs["seq_start"],
                              seq_len=data.seqs["seq_len"],
-                             rng=named_rng(p.get("seed", 0), "detect2d", split, source), file=file,
-                             image_size=size, noise_scale=float(p.get("noise_scale", 1.0)))
+                             rng=named_rng(p.seed, "detect2d", split, source), file=file,
+                             image_size=size, noise_scale=float(p.noise_scale))
             arrays[f"{source}/keypoints"] = det.kp.astype(np.float32)
             arrays[f"{source}/confidence"] = det.conf.astype(np.float32)
             rep = error_report(det.kp, data.frames["joints2d"], det.conf)

@@ -14,8 +14,9 @@ STAGE = "prepare"
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.data.h5schema import write_split
     from hmrmamba.data.synthetic import SyntheticConfig, SyntheticMaker, subject_ids
+    from hmrmamba.settings import section_settings
 
-    name = params.get("dataset", {}).get("name", "synthetic")
+    name = section_settings(params, "dataset").name
     if name != "synthetic":  # real benchmarks (h36m, 3dpw, 3dhp): hmrmamba.data.real
         from hmrmamba.data.real import prepare_real
 

@@ -15,13 +15,13 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.atomic import atomic_dir
     from hmrmamba.config import resolve_path
     from hmrmamba.report import build_report
+    from hmrmamba.settings import section_settings
     from hmrmamba.tracking import log_artifact
 
-    p = params.get(STAGE, {})
-    out_dir = resolve_path(layout.root, p.get("dir", "reports"), field="report.dir")
+    s = section_settings(params, STAGE)
+    out_dir = resolve_path(layout.root, s.dir, field="report.dir")
     with atomic_dir(out_dir) as tmp:
-        summary = build_report(layout, params, out_dir=tmp, clips=int(p.get("clips", 3)),
-                               frames_per_clip=int(p.get("frames_per_clip", 4)))
+        summary = build_report(layout, params, out_dir=tmp, clips=s.clips, frames_per_clip=s.frames_per_clip)
     summary["report"] = str(out_dir / "report.md")
     for path in sorted(out_dir.iterdir()):
         if path.suffix in (".md", ".png"):

@@ -156,13 +156,18 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     ckpt_dir = checkpoint_dir(params, layout, stage)
     config = {"model": cfg, "experiment": exp, "stage": stage, "train": p,
               "inputs": input_fingerprint([train.split.path, val.split.path] + ([init_from] if init_from else []))}
+    # every input is read and checked before anything on disk is touched: a refused loss weight or a
+    # missing key must never cost the user the checkpoints of an earlier run
+    step_fn = objective_factory(p, image_size)
+    epochs = int(p["epochs"])
+    grad_clip = float(p["grad_clip"]) if p.get("grad_clip") else None
     discard_stale_checkpoints(ckpt_dir, config)
-    trainer = Trainer(model, step_fn=objective_factory(p, image_size), optimizer=optimizer, scheduler=scheduler,
+    trainer = Trainer(model, step_fn=step_fn, optimizer=optimizer, scheduler=scheduler,
                       train_loader=loader, val_fn=validation(val, length=window, lift_only=lift_only),
-                      epochs=int(p["epochs"]), ckpt_dir=ckpt_dir, seed=seed,
+                      epochs=epochs, ckpt_dir=ckpt_dir, seed=seed,
                       monitor="val_mpjpe", mode="min",
                       log_fn=lambda m, e: tracking.log_metrics(m, step=e),
-                      grad_clip=float(p["grad_clip"]) if p.get("grad_clip") else None,
+                      grad_clip=grad_clip,
                       amp=bool(p.get("amp", False)), compile=bool(p.get("compile", False)),
                       config=config,
                       find_unused_parameters=not lift_only)

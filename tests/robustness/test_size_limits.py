@@ -191,3 +191,101 @@ def test_convert_smpl_of_a_36_byte_bytearray_pickle(tmp_path, capsys, reliabilit
     assert not out.exists()
     reliability.bad_input("hmrmamba convert-smpl", f"{src.stat().st_size}-byte pickle of bytearray(3e9)")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# demo inputs: keypoint files and frames, refused by their headers
+# ---------------------------------------------------------------------------------------------
+
+
+def _npz_bomb(path: Path, shape: tuple[int, ...], dtype=np.uint8, *, chunk: int = 1 << 24,
+              member: str = "keypoints", mode: str = "w") -> Path:
+    """A deflated ``.npz`` whose ``member`` is ``shape`` zeros, streamed (never in memory)."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+    total = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    zeros = bytes(chunk)
+    with zipfile.ZipFile(path, mode, compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(f"{member}.npy", "w", force_zip64=True) as fh:
+            fh.write(head.getvalue())
+            while total > 0:
+                fh.write(zeros[: min(chunk, total)])
+                total -= chunk
+    return path
+
+
+def test_keypoints_npz_that_inflates_to_1e7_frames_is_refused_by_its_header(tmp_path, reliability):
+    from hmrmamba.demo.keypoints import MAX_KEYPOINT_FRAMES, load_keypoints
+
+    path = _npz_bomb(tmp_path / "kp.npz", (10**7, 17, 2))
+    assert path.stat().st_size < 2 << 20  # 340 MB of uint8 (1.4 GB as float32) in < 2 MB
+    err = assert_cheap_refusal(lambda: load_keypoints(path), file=str(path), match="10,000,000 frames")
+    assert f"{MAX_KEYPOINT_FRAMES:,}" in str(err) and "field 'keypoints'" in str(err)
+    err = assert_cheap_refusal(lambda: load_keypoints(path, num_frames=20), file=str(path), match="10000000 frames")
+    assert "20 rows" in str(err)
+    reliability.bad_input("demo keypoints .npz", f"{path.stat().st_size // 1024} KB deflated to (1e7, 17, 2)")
+
+
+def test_keypoints_npz_members_other_than_keypoints_are_never_decompressed(tmp_path, reliability):
+    """A 300 MB ``junk`` member next to good keypoints: the file loads, the junk is not inflated."""
+    import zipfile
+
+    from hmrmamba.demo.keypoints import load_keypoints
+
+    out = tmp_path / "kp.npz"
+    kp = np.random.default_rng(0).uniform(10, 50, size=(4, 17, 2)).astype(np.float32)
+    np.savez_compressed(out, keypoints=kp)
+    _npz_bomb(out, (300_000_000,), member="junk", mode="a")
+    with zipfile.ZipFile(out) as zf:
+        assert zf.getinfo("junk.npy").file_size > 300_000_000 and out.stat().st_size < 2 << 20
+    err, seconds, peak = cheaply(lambda: load_keypoints(out, num_frames=4, image_size=(64, 64)))
+    assert err is None, err
+    assert seconds < MAX_SECONDS and peak < MAX_BYTES, (seconds, peak)
+    track = load_keypoints(out, num_frames=4, image_size=(64, 64))
+    np.testing.assert_array_equal(track.keypoints, kp)
+    assert track.detected.all()
+    reliability.bad_input("demo keypoints .npz", "a 300 MB extra member is never decompressed")
+
+
+def _big_png(path: Path, side: int = 10_000) -> Path:
+    from PIL import Image
+
+    Image.new("L", (side, side)).save(path, compress_level=1)
+    return path
+
+
+def test_demo_frames_of_10000x10000_are_refused_by_the_header(tmp_path, reliability):
+    import shutil
+
+    from hmrmamba.video import MAX_FRAME_PIXELS, VideoReader
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _big_png(folder / "frame_000.png")
+    for i in range(1, 10):
+        shutil.copy(folder / "frame_000.png", folder / f"frame_{i:03d}.png")
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 10 * (1 << 20)
+    err = assert_cheap_refusal(lambda: VideoReader(folder), file="frame_000.png", match="10000 x 10000")
+    assert f"{MAX_FRAME_PIXELS / 1e6:.1f} Mpx" in str(err)
+    reliability.bad_input("demo frames folder (VideoReader)", "ten 10000 x 10000 PNGs (3 GB decoded)")
+
+
+def test_a_huge_frame_later_in_the_folder_is_refused_before_decoding(tmp_path, reliability):
+    from PIL import Image
+
+    from hmrmamba.video import VideoReader
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 24), (i, i, i)).save(folder / f"f_{i}.png")
+    _big_png(folder / "f_3.png")
+    reader = VideoReader(folder)
+    assert reader.size == (24, 32) and reader.num_frames == 4
+    frames = iter(reader)
+    assert [next(frames)[0, 0, 0] for _ in range(3)] == [0, 1, 2]
+    assert_cheap_refusal(lambda: next(frames), file="f_3.png", match="10000 x 10000")
+    reliability.bad_input("demo frames folder (VideoReader)", "one 10000 x 10000 frame after small ones")

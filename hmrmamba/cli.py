@@ -248,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         export.check_frames(args.frames)  # before the model is loaded
         inf = load_inference(args.checkpoint)
         path, how = export.export_model(inf.model, args.out, fmt="onnx" if args.onnx else "torchscript",
-                                        frames=args.frames)
+                                        frames=args.frames, map_hw=inf.map_hw)
         print(f"wrote {path} ({inf.variant}, {how}, clips of {args.frames} frames; checked against the eager model)")
         return 0
     if not args.meshes or not args.format:

@@ -331,6 +331,7 @@ PARAMS_SCHEMA: dict[str, Rule] = {
     "features.crop_size": _int(32, 1024),
     "features.batch_size": _COUNT,
     "features.keep_spatial": _BOOL,
+    "features.map_layer": Rule("str", choices=("layer3", "layer4")),
     "experiment.variant": _STR,
     "experiment.detector": _STR,
     "experiment.overrides": Rule("map"),

@@ -411,11 +411,9 @@ def scan_macs_of(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> int:
 
 def _clip_for(model: nn.Module, *, frames: int, batch: int, device: torch.device | str = "cpu",
               seed: int = 0) -> dict[str, torch.Tensor]:
-    from hmrmamba.flops import clip_inputs
+    from hmrmamba.flops import model_clip_inputs
 
-    lifter = model.lifter
-    return clip_inputs(batch=batch, frames=frames, num_joints=int(lifter.num_joints),
-                       feat_dim=int(getattr(lifter, "feat_dim", 2048)), seed=seed, device=device)
+    return model_clip_inputs(model, batch=batch, frames=frames, seed=seed, device=device)
 
 
 def _build(name: str, *, assets: Any, lift_only: bool = False, max_frames: int | None = None) -> nn.Module:
@@ -598,15 +596,14 @@ def scan_speedup(*, batch: int = 64, dim: int = 256, length: int = 243, dstate: 
 def _macs_at(name: str, frames: int, *, assets: Any) -> int:
     """MACs of one clip of ``frames`` frames of the full model, counted on the meta device (no memory, no
     arithmetic) unless the model holds sparse matrices, which the meta device cannot multiply."""
-    from hmrmamba.flops import clip_inputs, count_cost
+    from hmrmamba.flops import count_cost, model_clip_inputs
 
     with torch.device("meta"):
         model = _build(name, assets=assets, max_frames=frames)
     device = "meta"
     if any(b.layout != torch.strided for b in model.buffers()):
         model, device = _build(name, assets=assets, max_frames=frames), "cpu"
-    inputs = clip_inputs(frames=frames, num_joints=int(model.lifter.num_joints),
-                         feat_dim=int(model.lifter.feat_dim), device=device)
+    inputs = model_clip_inputs(model, frames=frames, device=device)
     return count_cost(model, inputs).macs
 
 

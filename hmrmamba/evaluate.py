@@ -35,6 +35,17 @@ class Predictions:
     vertices: np.ndarray | None = None
 
 
+def run_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lift_only: bool,
+              device: str | torch.device | None = None):
+    """``model(kp2d, conf, feats[, spatial])`` on a window batch (B, T, ...) -> HMROutput; the feature
+    maps are passed to models whose GA samples them (``map_dim > 0``), when the batch carries them."""
+    move = (lambda x: x) if device is None else (lambda x: x.to(device))
+    core = getattr(model, "module", model)  # DDP / compiled wrappers
+    spatial = batch.get("spatial") if getattr(core, "map_dim", 0) else None
+    return model(move(batch["kp2d"]), move(batch["conf"]), move(batch["feats"]),
+                 None if spatial is None else move(spatial), lift_only=lift_only)
+
+
 @torch.no_grad()
 def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, batch_size: int = 64,
                   lift_only: bool = False, device: str | torch.device = "cpu", progress: bool = True
@@ -46,8 +57,7 @@ def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, bat
     model.eval()
     pose, joints, verts = [], [], []
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
-        out = model(batch["kp2d"].to(device), batch["conf"].to(device), batch["feats"].to(device),
-                    lift_only=lift_only)
+        out = run_batch(model, batch, lift_only=lift_only, device=device)
         pose.append(out.pose3d[:, mid].float().cpu().numpy())
         if not lift_only and out.vertices is not None:
             joints.append(out.joints[:, mid].float().cpu().numpy())

@@ -300,15 +300,17 @@ def export_body_model(body_model: str | Path, out: str | Path) -> Path:
 
 class ExportWrapper(torch.nn.Module):
     """An HMRMamba returning plain tensors: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)
+    [, spatial (B, T, C, h, w) when the model's GA samples feature maps]
     -> (pose3d (B, T, J, 3), vertices (B, T, V, 3), joints (B, T, J, 3))."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, kp2d: torch.Tensor, conf: torch.Tensor, feats: torch.Tensor):
+    def forward(self, kp2d: torch.Tensor, conf: torch.Tensor, feats: torch.Tensor,
+                spatial: torch.Tensor | None = None):
         """See the class docstring."""
-        out = self.model(kp2d, conf, feats)
+        out = self.model(kp2d, conf, feats, spatial)
         return out.pose3d, out.vertices, out.joints
 
 
@@ -337,10 +339,13 @@ def check_frames(frames: Any) -> int:
     return int(frames)
 
 
-def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str, frames: int = 16) -> tuple[Path, str]:
+def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str, frames: int = 16,
+                 map_hw: tuple[int, int] | None = None) -> tuple[Path, str]:
     """Export ``model`` (an HMRMamba) for CPU inference on clips of ``frames`` frames -> (path, how).
 
-    Graph: ``(kp2d (1, T, 17, 2), conf (1, T, 17), feats (1, T, F)) -> (pose3d, vertices, joints)``.
+    Graph: ``(kp2d (1, T, 17, 2), conf (1, T, 17), feats (1, T, F)[, spatial (1, T, C, h, w)])
+    -> (pose3d, vertices, joints)``; ``spatial`` (with ``map_hw`` = (h, w), the features stage's map
+    size) only for a model whose GA samples feature maps (``model.map_dim > 0``).
     ``torchscript``: ``torch.jit.trace``. ``onnx``: ``torch.onnx.export`` with the dynamo exporter, or,
     when that fails, the TorchScript-based one (``dynamo=False``). Under export the SSM runs its
     reference scan (:class:`hmrmamba.ssm.Mamba`) and the fixed mesh upsampling is made dense. The
@@ -353,10 +358,18 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str, frames: i
     out = Path(out)
     wrapped = ExportWrapper(dense_copy(model)).eval()
     feat_dim = int(model.feat_mean.shape[0])
+    map_dim = int(getattr(model, "map_dim", 0))
+    if map_dim and (map_hw is None or len(map_hw) != 2 or min(int(x) for x in map_hw) < 1):
+        raise InputError(f"map_hw={map_hw!r}", field="map_hw",
+                         expected=f"the (h, w) of the {map_dim}-channel maps this model's GA samples")
     g = torch.Generator().manual_seed(0)
     example = (torch.rand(1, frames, 17, 2, generator=g) * 2 - 1, torch.rand(1, frames, 17, generator=g),
                torch.randn(1, frames, feat_dim, generator=g))
-    names = {"input_names": ["kp2d", "conf", "feats"], "output_names": ["pose3d", "vertices", "joints"]}
+    inputs = ["kp2d", "conf", "feats"]
+    if map_dim:
+        example += (torch.randn(1, frames, map_dim, int(map_hw[0]), int(map_hw[1]), generator=g),)
+        inputs.append("spatial")
+    names = {"input_names": inputs, "output_names": ["pose3d", "vertices", "joints"]}
     with torch.no_grad():
         expected = wrapped(*example)
         if fmt == "torchscript":

@@ -180,18 +180,34 @@ def _opaque_scan() -> Iterator[Any]:
         yield op
 
 
+#: cells of the feature maps GA samples when cost is counted: a 224-px crop through layer4 (SPIN's map)
+PAPER_MAP_HW = (7, 7)
+
+
 def clip_inputs(*, batch: int = 1, frames: int = 16, num_joints: int = 17, feat_dim: int = 2048,
-                spatial_hw: tuple[int, int] | None = None, seed: int = 0,
+                spatial_hw: tuple[int, int] | None = None, map_dim: int = 0, seed: int = 0,
                 device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Random model inputs of one clip: kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F)
-    [, spatial (B, T, F, h, w)]."""
+    [, spatial (B, T, C, h, w) with C = ``map_dim`` or F when ``spatial_hw`` is given]."""
     g = torch.Generator().manual_seed(seed)
     out = {"kp2d": torch.rand(batch, frames, num_joints, 2, generator=g) * 2 - 1,
            "conf": torch.rand(batch, frames, num_joints, generator=g),
            "feats": torch.rand(batch, frames, feat_dim, generator=g)}
     if spatial_hw is not None:
-        out["spatial"] = torch.rand(batch, frames, feat_dim, *spatial_hw, generator=g)
+        out["spatial"] = torch.rand(batch, frames, map_dim or feat_dim, *spatial_hw, generator=g)
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def model_clip_inputs(model: nn.Module, *, batch: int = 1, frames: int = 16, seed: int = 0,
+                      map_hw: tuple[int, int] = PAPER_MAP_HW,
+                      device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """:func:`clip_inputs` of the shapes ``model`` (an HMRMamba) takes, with the feature maps
+    (``map_hw`` cells) when its GA samples them."""
+    lifter = model.lifter
+    map_dim = int(getattr(model, "map_dim", 0))
+    return clip_inputs(batch=batch, frames=frames, num_joints=int(lifter.num_joints),
+                       feat_dim=int(getattr(lifter, "feat_dim", 2048)), map_dim=map_dim,
+                       spatial_hw=tuple(map_hw) if map_dim else None, seed=seed, device=device)
 
 
 def count_cost(model: nn.Module, inputs: Mapping[str, torch.Tensor], *,
@@ -233,8 +249,7 @@ def cost_table(names: list[str] | tuple[str, ...] = ("hmrmamba-s", "hmrmamba-l",
     lines = ["| model | #P (M) | GMACs / clip | GFLOPs / clip (2 per MAC) |", "|---|---:|---:|---:|"]
     for name in names:
         model = build(name, assets=assets)
-        cost = count_cost(model, clip_inputs(frames=frames, num_joints=model.lifter.num_joints,
-                                             feat_dim=model.lifter.feat_dim))
+        cost = count_cost(model, model_clip_inputs(model, frames=frames))
         lines.append(f"| {name} | {cost.mparams:.2f} | {cost.gmacs:.2f} | {cost.gflops:.2f} |")
     return "\n".join(lines)
 

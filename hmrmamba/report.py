@@ -62,7 +62,7 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
 
     from hmrmamba.body_model import load_body_arrays, load_smpl
     from hmrmamba.data.h5schema import read_split
-    from hmrmamba.data.loading import load_split_arrays, select_sequences
+    from hmrmamba.data.loading import load_split_arrays, map_shape, select_sequences
     from hmrmamba.evaluate import predict_split, smpl_targets
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
     from hmrmamba.train.trained import load_trained
@@ -70,7 +70,8 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     exp = experiment_settings(params)
     split = params.get("evaluate", {}).get("split", "test")
     window = int(params["train_mesh"]["window"])
-    data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True)
+    data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True,
+                             with_maps=map_shape(layout, split) is not None)
     picked = pick_sequences(data.split.seqs["seq_len"], count=count, min_frames=window)
     sub = select_sequences(data, picked)
     lift, _ = load_trained(checkpoint_dir(params, layout, "train_lift") / "best.pt", layout,

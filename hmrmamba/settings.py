@@ -129,9 +129,10 @@ class FeaturesSettings:
     init_seed: int = 0
     bbox_source: str = "cpn"
     bbox_scale: float = 1.2
-    crop_size: int = 64
+    crop_size: int = 96
     batch_size: int = 64
-    keep_spatial: bool = False
+    keep_spatial: bool = True
+    map_layer: str = "layer3"  # which ResNet stage the cached map is (docs/model.md: "GA's feature maps")
     import_path: Any = None  # one path, or {split: path}
     image_root: str | None = None
 

@@ -436,7 +436,7 @@ def test_offline_windows_cover_every_frame_once_in_order(keep, n):
     class Echo(torch.nn.Module):  # pose3d = (frame index, its position in the window, 0)
         causal = False
 
-        def forward(self, kp2d, conf, feats, lift_only=False):
+        def forward(self, kp2d, conf, feats, spatial=None, lift_only=False):
             b, t = kp2d.shape[:2]
             pos = torch.arange(t, dtype=torch.float32).view(1, t, 1).expand(b, t, 17)
             pose = torch.stack([kp2d[..., 0], pos, torch.zeros_like(pos)], -1)

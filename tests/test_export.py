@@ -166,12 +166,12 @@ def tiny_model():
 
 
 def test_torchscript_export_agrees_with_the_model(tmp_path, tiny_model):
-    path, how = export_model(tiny_model, tmp_path / "m.pt", fmt="torchscript", frames=4)
+    path, how = export_model(tiny_model, tmp_path / "m.pt", fmt="torchscript", frames=4, map_hw=(6, 6))
     assert how == "torch.jit.trace"
     loaded = torch.jit.load(str(path))
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(1, 4, 17, 2, generator=g) * 2 - 1, torch.rand(1, 4, 17, generator=g),
-         torch.randn(1, 4, 2048, generator=g))
+         torch.randn(1, 4, 2048, generator=g), torch.randn(1, 4, 1024, 6, 6, generator=g))
     with torch.no_grad():
         ref = tiny_model(*x)
         pose, verts, _ = loaded(*x)
@@ -183,16 +183,22 @@ def test_torchscript_export_agrees_with_the_model(tmp_path, tiny_model):
 def test_onnx_export_agrees_with_the_model(tmp_path, tiny_model):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    path, how = export_model(tiny_model, tmp_path / "m.onnx", fmt="onnx", frames=8)
+    path, how = export_model(tiny_model, tmp_path / "m.onnx", fmt="onnx", frames=8, map_hw=(6, 6))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(6)
     x = (torch.rand(1, 8, 17, 2, generator=g) * 2 - 1, torch.rand(1, 8, 17, generator=g),
-         torch.randn(1, 8, 2048, generator=g))
+         torch.randn(1, 8, 2048, generator=g), torch.randn(1, 8, 1024, 6, 6, generator=g))
     out = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), x)})
     with torch.no_grad():
         ref = tiny_model(*x)
     np.testing.assert_allclose(out[1], ref.vertices.numpy(), atol=1e-4)
     assert how.startswith("torch.onnx.export")
+
+
+def test_export_of_a_maps_model_needs_the_map_size(tmp_path, tiny_model):
+    with pytest.raises(InputError, match="map_hw"):
+        export_model(tiny_model, tmp_path / "m.pt", fmt="torchscript", frames=4)
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_export_model_rejects_unknown_format(tmp_path, tiny_model):

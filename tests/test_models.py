@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from hmrmamba.flops import clip_inputs, count_cost, count_parameters, scan_macs
+from hmrmamba.flops import clip_inputs, count_cost, count_parameters, model_clip_inputs, scan_macs
 from hmrmamba.models import (
     TABLE3_ABLATIONS,
     VARIANTS,
@@ -418,7 +418,7 @@ def tiny():
 
 def test_full_model_outputs_and_lift_only(tiny):
     tiny.eval()
-    x = clip_inputs(batch=2, frames=6, seed=3)
+    x = model_clip_inputs(tiny, batch=2, frames=6, seed=3, map_hw=(3, 3))
     out = tiny(**x)
     assert isinstance(out, HMROutput)
     assert out.pose3d.shape == (2, 6, J, 3) and out.vertices.shape == (2, 6, 200, 3)
@@ -433,7 +433,7 @@ def test_full_model_outputs_and_lift_only(tiny):
 
 def test_full_model_trains_one_step(tiny):
     tiny.train()
-    x = clip_inputs(batch=2, frames=4, seed=4)
+    x = model_clip_inputs(tiny, batch=2, frames=4, seed=4, map_hw=(3, 3))
     opt = torch.optim.SGD(tiny.parameters(), lr=1e-3)
     out = tiny(**x)
     loss = sum(out[k].square().mean() for k in ("pose3d", "vertices", "joints", "coevo_joints"))
@@ -450,7 +450,7 @@ def test_state_dict_round_trip_with_weights_only(tiny):
     other = build("tiny", assets=random_mesh_assets(num_joints=J, sizes=(200, 60, 20)))
     other.load_state_dict(torch.load(buf, weights_only=True))
     other.eval()
-    x = clip_inputs(batch=1, frames=5, seed=5)
+    x = model_clip_inputs(tiny, batch=1, frames=5, seed=5, map_hw=(3, 3))
     assert torch.allclose(tiny(**x).vertices, other(**x).vertices)
 
 
@@ -459,18 +459,18 @@ def test_state_dict_round_trip_with_weights_only(tiny):
     ({"kp2d": torch.zeros(1, 17, 17, 2)}, r"T<=16"),
     ({"feats": torch.zeros(1, 4, 100)}, r"feats.*\(1, 4, 2048\)"),
     ({"conf": torch.zeros(1, 4, 16)}, r"conf.*\(1, 4, 17\)"),
-    ({"spatial": torch.zeros(1, 4, 3, 2, 2)}, r"spatial.*\(B, T, F, h, w\)"),
+    ({"spatial": torch.zeros(1, 4, 3, 2, 2)}, r"spatial.*\(B, T, C, h, w\).*\(1, 4, 1024\)"),
 ])
 def test_wrong_shapes_name_the_expected_shape(tiny, bad, match):
-    x = clip_inputs(batch=1, frames=4)
+    x = model_clip_inputs(tiny, batch=1, frames=4, map_hw=(3, 3))
     x.update(bad)
     with pytest.raises(ValueError, match=match):
         tiny(**x)
 
 
-@pytest.mark.parametrize("field", ["kp2d", "conf", "feats"])
+@pytest.mark.parametrize("field", ["kp2d", "conf", "feats", "spatial"])
 def test_nan_inputs_are_rejected(tiny, field):
-    x = clip_inputs(batch=1, frames=4)
+    x = model_clip_inputs(tiny, batch=1, frames=4, map_hw=(3, 3))
     x[field] = x[field].clone()
     x[field].view(-1)[3] = float("nan")
     with pytest.raises(ValueError, match=f"'{field}'.*NaN"):

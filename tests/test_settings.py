@@ -36,7 +36,8 @@ def test_committed_params_parse_into_the_values_of_the_file():
     assert s.synthetic.splits["test"].sequences == 12 and s.synthetic.splits["test"].subjects == 3
     assert s.synthetic.camera.person_fraction == (0.45, 0.8)
     assert s.detect2d.sources == ("gt", "sh", "detectron", "cpn") and s.detect2d.noise_scale == 2.0
-    assert s.features.bbox_scale == 1.2 and s.features.crop_size == 64
+    assert s.features.bbox_scale == 1.2 and s.features.crop_size == 96
+    assert s.features.keep_spatial is True and s.features.map_layer == "layer3"
     assert s.efficiency.scan.ref_batch == 16 and s.efficiency.scaling.frames == (16, 64, 243, 1024)
     assert s.datasets.h36m.test_cameras == (3,) and s.datasets.mpi3dhp.joints3d == "annot3"
     assert s.train_seed("train_lift") == 0
@@ -49,6 +50,7 @@ def test_every_profile_validates(profile):
     if profile.startswith("paper-"):
         assert s.train_lift.epochs == 100 and s.train_lift.loss.velocity == 20.0
         assert s.features.crop_size == 224 and s.train_mesh.loss_frames is None
+        assert s.features.map_layer == "layer4"  # SPIN's 7 x 7 x 2048 map for the 2048-channel GA
 
 
 def test_settings_are_frozen_and_deeply_immutable():
@@ -70,7 +72,7 @@ def test_absent_keys_take_the_one_default():
     # a training stage's seed falls back to the top-level seed
     assert parse_settings({"seed": 7}).train_seed("train_mesh") == 7
     assert parse_settings({"seed": 7, "train_mesh": {"seed": 3}}).train_seed("train_mesh") == 3
-    assert section_settings({"features": {"crop_size": 96}}, "features").crop_size == 96
+    assert section_settings({"features": {"crop_size": 128}}, "features").crop_size == 128
 
 
 def test_values_are_still_checked_by_the_schema_rules():

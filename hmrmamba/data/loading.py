@@ -42,14 +42,30 @@ class SplitArrays:
                              length=length, stride=stride, centred=centred, source=str(self.split.path))
 
 
-def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_smpl: bool = False
-                      ) -> SplitArrays:
+def map_shape(layout: Layout, split_name: str = "train") -> tuple[int, int, int] | None:
+    """(C, h, w) of the feature maps cached for ``split_name`` (``features.keep_spatial``), None if
+    the features file has none. Reads the dataset's header only."""
+    from hmrmamba.data.h5schema import open_h5
+
+    path = layout.features(split_name)
+    with open_h5(path) as h5:
+        if "spatial" not in h5:
+            return None
+        shape = tuple(int(d) for d in h5["spatial"].shape)
+    if len(shape) != 4 or min(shape[1:]) < 1:
+        raise InputError(f"has shape {shape}", file=path, field="spatial", expected="(N, C, h, w) feature maps")
+    return shape[1], shape[2], shape[3]
+
+
+def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_smpl: bool = False,
+                      with_maps: bool = False) -> SplitArrays:
     """Join prepared split + ``detector`` keypoints + features into float32 per-frame arrays.
 
     Arrays: ``kp2d (N,17,2)`` in crop coordinates of the feature boxes (see
-    :func:`normalize_keypoints`), ``kp2d_px``, ``conf (N,17)``, ``feats (N,2048)``,
-    ``joints3d (N,17,3)`` root-relative m, ``root (N,3)`` camera-frame pelvis m; with ``with_smpl``
-    also ``smpl_pose (N,72)``, ``smpl_betas (N,10)``, ``smpl_trans (N,3)`` for mesh targets.
+    :func:`normalize_keypoints`: also GA's sampling frame on the maps), ``kp2d_px``, ``conf (N,17)``,
+    ``feats (N,2048)``, ``joints3d (N,17,3)`` root-relative m, ``root (N,3)`` camera-frame pelvis m;
+    with ``with_smpl`` also ``smpl_pose (N,72)``, ``smpl_betas (N,10)``, ``smpl_trans (N,3)`` for
+    mesh targets; with ``with_maps`` the cached feature maps ``spatial (N,C,h,w)``, kept float16.
     """
     split = read_split(layout.prepared(split_name))
     n = split.num_frames
@@ -61,8 +77,13 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
     det, attrs = read_table(det_path, {f"{detector}/keypoints": Field((17, 2), "f", finite=True),
                                        f"{detector}/confidence": Field((17,), "f", finite=True)}, rows=n)
     feat_path = layout.features(split_name)
-    feats, _ = read_table(feat_path, {"features": Field((None,), "f", finite=True),
-                                      "boxes": Field((4,), "f", finite=True)}, rows=n)
+    feat_fields = {"features": Field((None,), "f", finite=True), "boxes": Field((4,), "f", finite=True)}
+    if with_maps:
+        if map_shape(layout, split_name) is None:
+            raise InputError("missing dataset: the model's GA samples feature maps", file=feat_path, field="spatial",
+                             expected="(N, C, h, w) maps: set features.keep_spatial: true and rerun the features stage")
+        feat_fields["spatial"] = Field((None, None, None), "f", finite=True)
+    feats, _ = read_table(feat_path, feat_fields, rows=n)
     kp = det[f"{detector}/keypoints"].astype(np.float32)
     j3d = split.frames["joints3d"].astype(np.float32)
     arrays = {
@@ -73,6 +94,8 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
         "joints3d": j3d - j3d[:, :1],
         "root": j3d[:, 0],
     }
+    if with_maps:
+        arrays["spatial"] = feats["spatial"].astype(np.float16, copy=False)
     if with_smpl:
         for k in ("smpl_pose", "smpl_betas", "smpl_trans"):
             arrays[k] = split.frames[k].astype(np.float32)

@@ -36,7 +36,8 @@ class Inference:
     model: the HMRMamba (eval mode); checkpoint: its file; variant; window: frames per offline window;
     backbone: the prepared (BN-fused) ResNet-50; crop_size, bbox_scale: as in the features stage;
     faces (F, 3) int64: the body model's triangles; vertex_colors (V, 3) in [0, 1]: part colours from
-    its skinning weights; weights_note: where the backbone weights came from.
+    its skinning weights; weights_note: where the backbone weights came from; map_layer: the backbone
+    stage whose feature maps the model's GA samples (None: the model samples none).
     """
 
     model: Any
@@ -49,10 +50,21 @@ class Inference:
     faces: np.ndarray
     vertex_colors: np.ndarray
     weights_note: str
+    map_layer: str | None = None
 
     @property
     def causal(self) -> bool:
         return bool(getattr(self.model, "causal", False))
+
+    @property
+    def map_hw(self) -> tuple[int, int] | None:
+        """(h, w) cells of the feature maps the backbone gives for the model's GA (None: no maps)."""
+        if self.map_layer is None:
+            return None
+        from hmrmamba.features.resnet import MAP_STRIDE
+
+        cells = -(-self.crop_size // MAP_STRIDE[self.map_layer])
+        return cells, cells
 
 
 def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | None = None,
@@ -99,6 +111,16 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     model, _ = load_trained(checkpoint, layout, lift_only=False)
     model.eval()
     fp = dict(params.get("features") or {})
+    map_layer = None
+    if model.map_dim:  # GA samples maps: the backbone must give the same stage's maps as in training
+        from hmrmamba.features.resnet import MAP_CHANNELS
+
+        map_layer = str(fp.get("map_layer", "layer3"))
+        if MAP_CHANNELS.get(map_layer) != model.map_dim:
+            raise InputError(f"features.map_layer '{map_layer}' gives {MAP_CHANNELS.get(map_layer)}-channel maps, "
+                             f"the model samples {model.map_dim}-channel maps", file=root / "params.yaml",
+                             field="features.map_layer",
+                             expected=f"one of {[k for k, v in MAP_CHANNELS.items() if v == model.map_dim]}")
     backbone, note = build_backbone(fp, layout)
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     body = load_body_arrays(layout.body_model)
@@ -107,7 +129,7 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
                      window=int(train.get("window", model_cfg.get("max_frames", 16))),
                      backbone=prepare_model(backbone), crop_size=int(fp.get("crop_size", 224)),
                      bbox_scale=float(fp.get("bbox_scale", 1.2)), faces=body["f"].astype(np.int64),
-                     vertex_colors=colors, weights_note=note)
+                     vertex_colors=colors, weights_note=note, map_layer=map_layer)
 
 
 def choose_supersample(box_size: float, crop_size: int) -> int:
@@ -119,12 +141,14 @@ def choose_supersample(box_size: float, crop_size: int) -> int:
 @dataclass
 class SequenceInputs:
     """Model inputs of one sequence: kp2d (N, 17, 2) in crop coordinates, conf (N, 17), feats (N, 2048),
-    boxes (N, 4) cx, cy, w, h px."""
+    boxes (N, 4) cx, cy, w, h px; spatial (N, C, h, w) float16 feature maps when the model's GA
+    samples them (``Inference.map_layer``), else None."""
 
     kp2d: np.ndarray
     conf: np.ndarray
     feats: np.ndarray
     boxes: np.ndarray
+    spatial: np.ndarray | None = None
 
 
 def sequence_inputs(inf: Inference, frames: Iterable[np.ndarray], keypoints: np.ndarray, confidence: np.ndarray,
@@ -138,12 +162,14 @@ def sequence_inputs(inf: Inference, frames: Iterable[np.ndarray], keypoints: np.
     boxes = bbox_from_keypoints(keypoints, confidence, image_size=image_size, scale=inf.bbox_scale)
     first = int(np.argmax((np.asarray(confidence) > 0).any(-1)))  # as the online tracker: the first detection
     supersample = choose_supersample(float(boxes[first, 2]), inf.crop_size)
-    for start, feats, _ in iter_features(frames, boxes, model=inf.backbone, crop_size=inf.crop_size,
-                                         batch_size=batch_size, prepared=True, progress=False,
-                                         supersample=supersample):
+    maps = inf.map_layer is not None
+    for start, feats, spatial in iter_features(frames, boxes, model=inf.backbone, crop_size=inf.crop_size,
+                                               batch_size=batch_size, prepared=True, progress=False,
+                                               supersample=supersample, keep_spatial=maps,
+                                               map_layer=inf.map_layer or "layer4"):
         sl = slice(start, start + len(feats))
         yield start, SequenceInputs(kp2d=normalize_keypoints(keypoints[sl], boxes[sl]), conf=confidence[sl],
-                                    feats=feats.astype(np.float32), boxes=boxes[sl])
+                                    feats=feats.astype(np.float32), boxes=boxes[sl], spatial=spatial)
 
 
 @torch.no_grad()
@@ -161,12 +187,14 @@ def predict_offline(inf: Inference, inputs: SequenceInputs, *, keep: int | None 
     from hmrmamba.data.h5schema import Split
     from hmrmamba.data.loading import SplitArrays
     from hmrmamba.data.windows import window_indices
-    from hmrmamba.evaluate import Predictions, predict_split
+    from hmrmamba.evaluate import Predictions, predict_split, run_batch
 
     n = len(inputs.kp2d)
     if n == 0:
         raise InputError("no frames", field="frames", expected="at least one frame")
     arrays = {"kp2d": inputs.kp2d, "conf": inputs.conf, "feats": inputs.feats}
+    if inputs.spatial is not None:
+        arrays["spatial"] = inputs.spatial
     if inf.causal:  # the causal model takes the whole sequence: the same as streaming it
         out = inf.model(*(torch.as_tensor(arrays[k])[None] for k in ("kp2d", "conf", "feats")))
         return Predictions(pose3d=out.pose3d[0].numpy(), joints=out.joints[0].numpy(),
@@ -185,7 +213,7 @@ def predict_offline(inf: Inference, inputs: SequenceInputs, *, keep: int | None 
     out: dict[str, list[np.ndarray]] = {"pose3d": [], "joints": [], "vertices": []}
     for lo in range(0, len(starts), batch_size):
         idx = np.stack([window_indices(int(s), length, 0, n - 1)[0] for s in starts[lo:lo + batch_size]])
-        pred = inf.model(*(torch.as_tensor(arrays[k][idx]) for k in ("kp2d", "conf", "feats")))
+        pred = run_batch(inf.model, {k: torch.as_tensor(v[idx]) for k, v in arrays.items()}, lift_only=False)
         for key in out:
             out[key].append(pred[key][:, first:first + keep].reshape(-1, *pred[key].shape[2:]).numpy())
     return Predictions(**{k: np.concatenate(v)[:n] for k, v in out.items()})

@@ -157,7 +157,8 @@ def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: i
     # frames were decoded inside the features generator: charge that time to decode only
     timer.seconds["features"] -= timer.seconds.get("decode", 0.0) - decode_before
     inputs = SequenceInputs(**{k: np.concatenate([getattr(p, k) for p in parts])
-                               for k in ("kp2d", "conf", "feats", "boxes")})
+                               for k in ("kp2d", "conf", "feats", "boxes")},
+                            spatial=np.concatenate([p.spatial for p in parts]) if inf.map_layer else None)
     with timer.step("model"):
         pred = predict_offline(inf, inputs)
     return pred, inputs

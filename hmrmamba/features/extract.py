@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from hmrmamba.errors import InputError
 from hmrmamba.features.crops import bbox_from_keypoints, crop_and_resize
-from hmrmamba.features.resnet import ResNet50
+from hmrmamba.features.resnet import MAP_CHANNELS, ResNet50
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -65,12 +65,13 @@ def _frame_batches(images: Any, num_frames: int, batch_size: int) -> Iterator[np
 
 def iter_features(images: Any, boxes: np.ndarray, *, model: ResNet50, crop_size: int = 224,
                   batch_size: int = 16, keep_spatial: bool = False, device: str | torch.device = "cpu",
-                  progress: bool = True, supersample: int = 1,
-                  prepared: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Yield (start, features (b, 2048) float16, spatial (b, 2048, h, w) float16 or None) per batch.
+                  progress: bool = True, supersample: int = 1, prepared: bool = False,
+                  map_layer: str = "layer4") -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Yield (start, features (b, 2048) float16, spatial (b, C, h, w) float16 or None) per batch.
 
     ``images``: (N, H, W, 3) uint8 array / h5py dataset / iterable; ``boxes``: (N, 4) cx, cy, w, h.
-    ``prepared=True`` uses ``model`` as is (already from :func:`prepare_model`).
+    ``prepared=True`` uses ``model`` as is (already from :func:`prepare_model`); ``map_layer``:
+    which stage's map ``spatial`` is (:data:`hmrmamba.features.resnet.MAP_CHANNELS`).
     """
     boxes = np.asarray(boxes, dtype=np.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -90,7 +91,7 @@ def iter_features(images: Any, boxes: np.ndarray, *, model: ResNet50, crop_size:
             with torch.inference_mode():
                 crops = crop_and_resize(frames, boxes[start:start + n], out_size=crop_size,
                                         supersample=supersample, device=device)
-                pooled, spatial = net.forward_features(crops)
+                pooled, spatial = net.forward_features(crops, map_layer=map_layer)
                 largest = float((spatial if keep_spatial else pooled).abs().max())
                 if not np.isfinite(largest) or largest > FP16_MAX:
                     raise InputError(f"frames {start}..{start + n - 1} give non-finite or fp16-overflowing "
@@ -107,9 +108,9 @@ def extract_features(images: Any, kp2d: np.ndarray | None, conf: np.ndarray | No
                      crop_size: int = 224, batch_size: int = 16, keep_spatial: bool = False,
                      device: str | torch.device = "cpu", progress: bool = True, boxes: np.ndarray | None = None,
                      bbox_scale: float = 1.2, conf_threshold: float = 0.3, supersample: int = 1,
-                     image_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                     image_size: tuple[int, int] | None = None, map_layer: str = "layer4") -> dict[str, np.ndarray]:
     """images: (N, H, W, 3) uint8 (array, h5py dataset or iterable), kp2d: (N, J, 2) px, conf: (N, J)
-    -> {'features': (N, 2048) float16, 'boxes': (N, 4) float32 cx, cy, w, h[, 'spatial': (N, 2048, h, w) float16]}.
+    -> {'features': (N, 2048) float16, 'boxes': (N, 4) float32 cx, cy, w, h[, 'spatial': (N, C, h, w) float16]}.
 
     Boxes come from :func:`bbox_from_keypoints` (``bbox_scale``, ``conf_threshold``) unless ``boxes``
     is given (e.g. smoothed per sequence); ``image_size`` (H, W) is needed only for an iterable of
@@ -129,12 +130,12 @@ def extract_features(images: Any, kp2d: np.ndarray | None, conf: np.ndarray | No
     spats: list[np.ndarray] = []
     for _, f, s in iter_features(images, boxes, model=model, crop_size=crop_size, batch_size=batch_size,
                                  keep_spatial=keep_spatial, device=device, progress=progress,
-                                 supersample=supersample):
+                                 supersample=supersample, map_layer=map_layer):
         feats.append(f)
         if s is not None:
             spats.append(s)
     out = {"features": np.concatenate(feats) if feats else np.zeros((0, 2048), np.float16), "boxes": boxes}
     if keep_spatial:
-        out["spatial"] = np.concatenate(spats) if spats else np.zeros((0, 2048, 0, 0), np.float16)
+        out["spatial"] = np.concatenate(spats) if spats else np.zeros((0, MAP_CHANNELS[map_layer], 0, 0), np.float16)
     return out
 

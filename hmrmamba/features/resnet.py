@@ -17,6 +17,10 @@ from torch import nn
 
 from hmrmamba.errors import InputError
 
+#: channels and stride (input pixels per cell) of the feature maps the features stage can cache
+MAP_CHANNELS: dict[str, int] = {"layer3": 1024, "layer4": 2048}
+MAP_STRIDE: dict[str, int] = {"layer3": 16, "layer4": 32}
+
 #: (number of blocks, bottleneck width, stride of the first block) per stage, torchvision's resnet50.
 RESNET50_STAGES: tuple[tuple[int, int, int], ...] = ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))
 EXPANSION = 4
@@ -117,13 +121,20 @@ class ResNet50(nn.Module):
                     m.weight.copy_((torch.rand(m.weight.shape, generator=gen) * 2 - 1) * bound)
                     m.bias.copy_((torch.rand(m.bias.shape, generator=gen) * 2 - 1) * bound)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, 3, H, W) normalised -> (pooled (B, 2048), spatial (B, 2048, ceil(H/32), ceil(W/32)))."""
+    def forward_features(self, x: torch.Tensor, *, map_layer: str = "layer4") -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 3, H, W) normalised -> (pooled layer4 (B, 2048), feature map of ``map_layer``).
+
+        The map is ``layer4`` (B, 2048, ceil(H/32), ceil(W/32)) or ``layer3`` (B, 1024, ceil(H/16),
+        ceil(W/16)): twice the resolution, for small crops where layer4 has only 2 x 2 cells.
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise InputError(f"got shape {tuple(x.shape)}", field="x", expected="(B, 3, H, W) images")
+        if map_layer not in MAP_CHANNELS:
+            raise InputError(f"unknown map layer {map_layer!r}", field="map_layer", expected=f"one of {sorted(MAP_CHANNELS)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1), x
+        mid = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer4(mid)
+        return torch.flatten(self.avgpool(x), 1), (x if map_layer == "layer4" else mid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) normalised -> logits (B, num_classes)."""

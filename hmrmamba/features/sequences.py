@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from hmrmamba.errors import InputError
 from hmrmamba.features.crops import bbox_from_keypoints
 from hmrmamba.features.extract import iter_features, prepare_model
-from hmrmamba.features.resnet import FEATURE_DIM, ResNet50
+from hmrmamba.features.resnet import FEATURE_DIM, MAP_CHANNELS, ResNet50
 
 
 def sequence_boxes(kp2d: np.ndarray, conf: np.ndarray | None, *, seq_start: np.ndarray, seq_len: np.ndarray,
@@ -56,9 +56,9 @@ def scale_boxes(boxes: np.ndarray, *, sx: float, sy: float) -> np.ndarray:
 def extract_from_sources(sources: Sequence[Any], boxes: np.ndarray, *, seq_start: np.ndarray,
                          seq_len: np.ndarray, model: ResNet50, crop_size: int = 224, batch_size: int = 16,
                          keep_spatial: bool = False, device: str | torch.device = "cpu",
-                         progress: bool = True) -> dict[str, np.ndarray]:
+                         progress: bool = True, map_layer: str = "layer4") -> dict[str, np.ndarray]:
     """sources: one :class:`hmrmamba.data.frames.FrameSource` per sequence, boxes: (N, 4) original px
-    -> {'features': (N, 2048) float16, 'boxes': (N, 4) float32[, 'spatial': (N, 2048, h, w) float16]}.
+    -> {'features': (N, 2048) float16, 'boxes': (N, 4) float32[, 'spatial': (N, C, h, w) float16]}.
 
     Row ``seq_start[i] + t`` is frame ``t`` of ``sources[i]``. Bounded memory: each sequence's
     frames are streamed through the model ``batch_size`` at a time.
@@ -86,7 +86,7 @@ def extract_from_sources(sources: Sequence[Any], boxes: np.ndarray, *, seq_start
             bar.set_postfix_str(src.seq_name, refresh=False)
             for start, f, s in iter_features(iter_frames(src), crop_boxes, model=net, crop_size=crop_size,
                                              batch_size=batch_size, keep_spatial=keep_spatial, device=device,
-                                             progress=False, prepared=True):
+                                             progress=False, prepared=True, map_layer=map_layer):
                 feats[a + start:a + start + len(f)] = f
                 if s is not None:
                     if spatial is None:
@@ -95,5 +95,5 @@ def extract_from_sources(sources: Sequence[Any], boxes: np.ndarray, *, seq_start
                 bar.update(len(f))
     out = {"features": feats, "boxes": boxes}
     if keep_spatial:
-        out["spatial"] = spatial if spatial is not None else np.zeros((0, FEATURE_DIM, 0, 0), np.float16)
+        out["spatial"] = spatial if spatial is not None else np.zeros((0, MAP_CHANNELS[map_layer], 0, 0), np.float16)
     return out

@@ -51,7 +51,7 @@ class GeometryAwareAttention(nn.Module):
 
     def __init__(self, dim: int, *, feat_dim: int = 2048, num_heads: int = 8, num_points: int = 4,
                  image_query: bool = True, time_offset_init: float = 1.0, space_offset_init: float = 1.0,
-                 lookback: int | None = None):
+                 lookback: int | None = None, value_dim: int | None = None):
         super().__init__()
         if lookback is not None and (isinstance(lookback, bool) or int(lookback) < 0):
             raise InputError(f"lookback={lookback}", field="lookback", expected="None (non-causal) or >= 0 frames")
@@ -72,7 +72,10 @@ class GeometryAwareAttention(nn.Module):
             self.query_proj = nn.Linear(feat_dim, dim)
         else:
             self.query_feat_norm = self.query_proj = None
-        self.value_proj = nn.Linear(feat_dim, dim)
+        #: channels of what is sampled: the global features (``feat_dim``), or feature maps of their own
+        #: width (``value_dim``, e.g. ResNet layer3's 1024), which must then be passed as ``spatial``
+        self.value_dim = int(value_dim) if value_dim else feat_dim
+        self.value_proj = nn.Linear(self.value_dim, dim)
         self.sampling_offsets = nn.Linear(dim, num_heads * num_points * 3)  # (dx cells, dy cells, dt frames)
         self.attention_weights = nn.Linear(dim, num_heads * num_points)
         self.output_proj = nn.Linear(dim, dim)
@@ -132,6 +135,9 @@ class GeometryAwareAttention(nn.Module):
         else:
             if feats is None:
                 raise InputError("GA needs image features", field="feats", expected="(B, T, F) or spatial maps")
+            if self.value_dim != self.feat_dim:
+                raise InputError(f"this GA block samples {self.value_dim}-channel feature maps", field="spatial",
+                                 expected=f"(B, T, {self.value_dim}, h, w) maps")
             value = self.value_proj(feats)  # (B, T, C)
             value = value.view(b, t, m, ch).permute(0, 2, 3, 1).reshape(b * m, ch, 1, t)
             grid = torch.stack([t_loc, torch.zeros_like(t_loc)], -1)  # (B, T, J, M, K, 2)

@@ -54,10 +54,11 @@ def _shape(x: object) -> str:
 
 def check_inputs(kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None,
                  spatial: torch.Tensor | None = None, *, num_joints: int, feat_dim: int, max_frames: int | None,
-                 need_feats: bool = True) -> None:
+                 need_feats: bool = True, map_dim: int = 0) -> None:
     """Raise ``InputError`` (a ValueError) naming the expected shapes unless kp2d (B, T, J, 2),
-    conf (B, T, J) or None, feats (B, T, F), spatial (B, T, F, h, w) or None are consistent and finite
-    (values are not checked on the meta device, used for counting). ``max_frames=None``: any T."""
+    conf (B, T, J) or None, feats (B, T, F), spatial (B, T, C, h, w) or None are consistent and finite
+    (values are not checked on the meta device, used for counting). ``max_frames=None``: any T.
+    ``map_dim > 0``: the maps are required and have C = map_dim channels (else C = F)."""
     want = f"(B, T<={max_frames}, J={num_joints}, 2)" if max_frames else f"(B, T, J={num_joints}, 2)"
     if not isinstance(kp2d, torch.Tensor) or kp2d.dim() != 4 or kp2d.shape[2:] != (num_joints, 2):
         raise InputError(f"has shape {_shape(kp2d)}", field="kp2d", expected=want)
@@ -71,10 +72,15 @@ def check_inputs(kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Ten
             raise InputError("is missing", field="feats", expected=f"(B, T, F) = {(b, t, feat_dim)}")
     elif not isinstance(feats, torch.Tensor) or tuple(feats.shape) != (b, t, feat_dim):
         raise InputError(f"has shape {_shape(feats)}", field="feats", expected=f"(B, T, F) = {(b, t, feat_dim)}")
+    channels = map_dim or feat_dim
+    if spatial is None and map_dim:
+        raise InputError("is missing: this model's GA samples image feature maps at the joints", field="spatial",
+                         expected=f"(B, T, C, h, w) with (B, T, C) = {(b, t, map_dim)} "
+                                  "(features.keep_spatial: true, then rerun the features stage)")
     if spatial is not None and (not isinstance(spatial, torch.Tensor) or spatial.dim() != 5
-                                or tuple(spatial.shape[:3]) != (b, t, feat_dim)):
+                                or tuple(spatial.shape[:3]) != (b, t, channels)):
         raise InputError(f"has shape {_shape(spatial)}", field="spatial",
-                         expected=f"(B, T, F, h, w) with (B, T, F) = {(b, t, feat_dim)}")
+                         expected=f"(B, T, C, h, w) with (B, T, C) = {(b, t, channels)}")
     if torch.compiler.is_exporting():  # values are symbolic while exporting
         return
     for name, x in (("kp2d", kp2d), ("conf", conf), ("feats", feats), ("spatial", spatial)):
@@ -207,7 +213,7 @@ class LifterState:
 
 
 class GeometryAwareLifter(nn.Module):
-    """STA-Mamba lifter: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)[, spatial (B, T, F, h, w)]
+    """STA-Mamba lifter: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)[, spatial (B, T, C, h, w)]
     -> P3D (B, T, J, 3)."""
 
     def __init__(self, *, num_joints: int = 17, joint_set: str = "h36m17", feat_dim: int = 2048,
@@ -216,7 +222,7 @@ class GeometryAwareLifter(nn.Module):
                  mlp_ratio: float = 4.0, fusion_kernel: int = 3, drop_path: float = 0.1,
                  use_conf: bool = True, backend: str = "auto", frame_pose: bool = False, head: str = "token",
                  use_feats: bool = True, feat_centre: bool = False, feat_dropout: float = 0.0,
-                 feat_proj: int | None = None, causal: bool = False):
+                 feat_proj: int | None = None, causal: bool = False, map_dim: int = 0):
         super().__init__()
         js = get_joint_set(joint_set)
         if js.num_joints != num_joints:
@@ -235,6 +241,17 @@ class GeometryAwareLifter(nn.Module):
             raise InputError(f"scan={scan!r} reads future frames and has no causal form", field="scan",
                              expected="'dual' when causal=True")
         ga = ga and use_feats  # GA samples image features: nothing to sample without them
+        if isinstance(map_dim, bool) or int(map_dim) < 0:
+            raise InputError(f"map_dim={map_dim}", field="map_dim", expected="0 (no maps) or the maps' channels")
+        if self.causal and map_dim:
+            raise InputError("a causal GA block samples global features over time only", field="map_dim",
+                             expected="0 when causal=True")
+        #: channels of the feature maps GA samples at the joints (0: GA samples global features over
+        #: time only); only GA reads the maps, so without GA there are none
+        self.map_dim = int(map_dim) if ga else 0
+        if self.map_dim:  # per-channel standardisation of the maps, set from the training split
+            self.register_buffer("map_mean", torch.zeros(self.map_dim))
+            self.register_buffer("map_std", torch.ones(self.map_dim))
         self.encoder = PoseEncoder(dim, num_joints=num_joints, feat_dim=feat_dim, max_frames=max_frames,
                                    use_conf=use_conf, use_feats=use_feats, frame_pose=frame_pose,
                                    feat_centre=feat_centre, feat_dropout=feat_dropout, feat_proj=feat_proj,
@@ -246,7 +263,8 @@ class GeometryAwareLifter(nn.Module):
             [DualScanMambaBlock(dim, axis="spatial", drop_path=rates[2 * i], **block_kw) for i in range(depth)])
         self.ga_blocks = nn.ModuleList(
             [GeometryAwareAttention(dim, feat_dim=self.encoder.feat_out, num_heads=ga_heads, num_points=ga_points,
-                                    lookback=max_frames - 1 if self.causal else None)
+                                    lookback=max_frames - 1 if self.causal else None,
+                                    value_dim=self.map_dim or None)
              for _ in range(depth)]) if ga else None
         self.temporal_blocks = nn.ModuleList(
             [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], causal=self.causal, **block_kw)
@@ -258,7 +276,12 @@ class GeometryAwareLifter(nn.Module):
     def features(self, kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Tensor | None,
                  spatial: torch.Tensor | None = None) -> torch.Tensor:
         """F_temporal (eq. 9) after the final norm: inputs as ``forward`` -> (B, T, J, C)."""
-        x, feats, spatial = self.encoder(kp2d, conf, feats, spatial, return_feats=True)
+        spatial = spatial if self.ga_blocks is not None else None  # only GA reads maps
+        if self.map_dim:  # maps of their own width: standardised here, projected by GA's value_proj
+            x, feats, _ = self.encoder(kp2d, conf, feats, None, return_feats=True)
+            spatial = self.prepare_maps(spatial)
+        else:  # maps with the global features' channels go through the encoder's feature path
+            x, feats, spatial = self.encoder(kp2d, conf, feats, spatial, return_feats=True)
         for i, (s_block, t_block) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
             x = s_block(x)  # eq. 7
             if self.ga_blocks is not None:
@@ -268,11 +291,35 @@ class GeometryAwareLifter(nn.Module):
 
     def forward(self, kp2d: torch.Tensor, conf: torch.Tensor | None = None, feats: torch.Tensor | None = None,
                 spatial: torch.Tensor | None = None) -> torch.Tensor:
-        """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, F, h, w) or None
-        -> P3D (B, T, J, 3) (eq. 11)."""
-        check_inputs(kp2d, conf, feats, spatial, num_joints=self.num_joints, feat_dim=self.feat_dim,
-                     max_frames=None if self.causal else self.max_frames, need_feats=self.use_feats)
+        """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, C, h, w) or None
+        (required with C = ``map_dim`` when ``map_dim > 0``) -> P3D (B, T, J, 3) (eq. 11)."""
+        check_inputs(kp2d, conf, feats, spatial if self.ga_blocks is not None else None,  # only GA reads maps
+                     num_joints=self.num_joints, feat_dim=self.feat_dim,
+                     max_frames=None if self.causal else self.max_frames, need_feats=self.use_feats,
+                     map_dim=self.map_dim)
         return self.head(self.features(kp2d, conf, feats, spatial))
+
+    @torch.no_grad()
+    def set_map_stats(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-3) -> None:
+        """mean, std: (C,) per-channel statistics of the training split's feature maps."""
+        if not self.map_dim:
+            raise InputError("this lifter samples no feature maps", field="map_dim", expected="map_dim > 0")
+        self.map_mean.copy_(torch.as_tensor(mean, dtype=self.map_mean.dtype))
+        self.map_std.copy_(torch.as_tensor(std, dtype=self.map_std.dtype).clamp_min(eps))
+
+    def prepare_maps(self, spatial: torch.Tensor) -> torch.Tensor:
+        """GA's feature maps: (B, T, C, h, w) any float dtype -> (B, T, C, h, w) in the buffers' dtype:
+        standardised per channel, clip-centred over time when the encoder centres its features, and in
+        training the encoder's feature dropout rate applied per (frame, channel) to all its cells. GA's
+        value projection then maps C to the model width."""
+        x = (spatial.to(self.map_mean.dtype) - self.map_mean.view(-1, 1, 1)) / self.map_std.view(-1, 1, 1)
+        if self.encoder.feat_centre:
+            x = x - x.mean(1, keepdim=True)
+        drop = self.encoder.feat_drop
+        if drop is not None and self.training and drop.p > 0:  # a channel is dropped in all cells of a frame
+            keep = torch.rand(x.shape[:3] + (1, 1), device=x.device, dtype=x.dtype) >= drop.p
+            x = x * keep.to(x.dtype) / (1.0 - drop.p)
+        return x
 
     # ------------------------------------------------------------------ streaming (causal only)
     def init_state(self, batch: int = 1, *, device: torch.device | str | None = None,

@@ -54,7 +54,7 @@ class StreamState:
 
 
 class HMRMamba(nn.Module):
-    """Two-stage model: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)[, spatial (B, T, F, h, w)]
+    """Two-stage model: kp2d (B, T, J, 2), conf (B, T, J), feats (B, T, F)[, spatial (B, T, C, h, w)]
     -> :class:`HMROutput` (pose3d; and per-frame vertices, joints, coarse unless lift-only)."""
 
     def __init__(self, lifter: nn.Module, reconstructor: nn.Module | None = None, *, lift_only: bool = False):
@@ -76,10 +76,19 @@ class HMRMamba(nn.Module):
         self.feat_mean.copy_(torch.as_tensor(mean, dtype=self.feat_mean.dtype))
         self.feat_std.copy_(torch.as_tensor(std, dtype=self.feat_std.dtype).clamp_min(eps))
 
+    @property
+    def map_dim(self) -> int:
+        """Channels of the image feature maps the lifter's GA samples at the joints (0: none needed)."""
+        return int(getattr(self.lifter, "map_dim", 0))
+
+    def set_map_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """mean, std: (C,) per-channel statistics of the training feature maps (``map_dim > 0``)."""
+        self.lifter.set_map_stats(mean, std)
+
     def forward(self, kp2d: torch.Tensor, conf: torch.Tensor | None = None, feats: torch.Tensor | None = None,
                 spatial: torch.Tensor | None = None, *, lift_only: bool | None = None) -> HMROutput:
-        """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, F, h, w) or None
-        -> HMROutput; ``lift_only`` (default: the attribute) skips stage 2 (stage-1 training)."""
+        """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, C, h, w) or None
+        (GA's feature maps; required when :attr:`map_dim` > 0) -> HMROutput; ``lift_only`` (default: the attribute) skips stage 2 (stage-1 training)."""
         if feats is not None and feats.shape[-1:] == self.feat_mean.shape:  # else the lifter's check names it
             feats = (feats - self.feat_mean) / self.feat_std
         pose3d = self.lifter(kp2d, conf, feats, spatial)
@@ -133,9 +142,11 @@ _SHARED = ("num_joints", "joint_set", "feat_dim", "max_frames", "causal")
 
 _PAPER_COMMON = {"num_joints": 17, "joint_set": "h36m17", "feat_dim": 2048, "max_frames": 16}
 
+#: ``map_dim``: channels of the feature maps GA samples at the joints (eq. 8): SPIN's layer4 (2048) at
+#: paper size; the training stages set it from the cached features (0 when none are cached).
 _STA_S = {"kind": "sta-mamba", "dim": 256, "depth": 3, "scan": "dual", "ga": True, "ga_heads": 8,
           "ga_points": 4, "d_state": 16, "d_conv": 4, "expand": 2, "mlp_ratio": 4.0, "fusion_kernel": 3,
-          "drop_path": 0.1, "use_conf": True, "backend": "auto"}
+          "drop_path": 0.1, "use_conf": True, "backend": "auto", "map_dim": 2048}
 
 _RECON_PAPER = {"context": "motion", "em": True, "im": True, "motion_dim": 192, "motion_heads": 8,
                 "gru_hidden": 1024, "gru_layers": 2, "context_dim": None, "decoder_dim": 64, "decoder_depth": 3,
@@ -163,7 +174,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": {**_PAPER_COMMON,
              "lifter": {**_STA_S, "dim": 32, "depth": 1, "ga_heads": 4, "ga_points": 2, "d_state": 8,
                         "mlp_ratio": 2.0, "drop_path": 0.0, "frame_pose": True, "head": "joint",
-                        "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
+                        "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16, "map_dim": 1024},
              "reconstructor": dict(_RECON_TINY)},
     # The PMCE-like baseline at the CPU-demo size (transformer lifter, GRU image context).
     "pmce-tiny": {**_PAPER_COMMON,
@@ -176,7 +187,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiny-online": {**_PAPER_COMMON, "causal": True,
                     "lifter": {**_STA_S, "dim": 32, "depth": 1, "ga_heads": 4, "ga_points": 2, "d_state": 8,
                                "mlp_ratio": 2.0, "drop_path": 0.0, "frame_pose": True, "head": "joint",
-                               "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
+                               "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16, "map_dim": 0},
                     "reconstructor": dict(_RECON_TINY)},
     # Trivial per-frame MLP lifter on the 2D pose alone, with the tiny reconstructor: the floor for the CPU
     # demo (with random-init image features it memorises them and does worse: docs/model.md).

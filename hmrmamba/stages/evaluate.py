@@ -17,7 +17,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
 
     from hmrmamba.atomic import atomic_path
     from hmrmamba.body_model import load_body_arrays, load_smpl
-    from hmrmamba.data.loading import load_split_arrays
+    from hmrmamba.data.loading import load_split_arrays, map_shape
     from hmrmamba.evaluate import evaluate_predictions, predict_split, smpl_targets
     from hmrmamba.plots import per_joint_bar
     from hmrmamba.skeleton import H36M17, H36M_EVAL14
@@ -34,7 +34,9 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     exp = experiment_settings(params)
     dataset = params.get("dataset", {}).get("name", "synthetic")
     window = int(params["train_mesh"]["window"])
-    data = load_split_arrays(layout, p.get("split", "test"), detector=exp["detector"], with_smpl=True)
+    split = p.get("split", "test")
+    data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True,
+                             with_maps=map_shape(layout, split) is not None)
     arrays = load_body_arrays(layout.body_model)
     smpl = load_smpl(layout.body_model)
     reg = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32)

@@ -134,8 +134,9 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     model, weights_note = build_backbone(fs, layout)
     source = fs.bbox_source
     common = {"model": model, "crop_size": fs.crop_size, "batch_size": fs.batch_size,
-              "keep_spatial": fs.keep_spatial}
-    metrics: dict[str, Any] = {"weights": weights_note, "crop_size": fs.crop_size}
+              "keep_spatial": fs.keep_spatial, "map_layer": fs.map_layer}
+    metrics: dict[str, Any] = {"weights": weights_note, "crop_size": fs.crop_size,
+                               "map_layer": fs.map_layer if fs.keep_spatial else None}
     for split in splits:
         prepared = layout.prepared(split)
         if plans[split] is None:  # pixels stored in the split (synthetic)
@@ -154,11 +155,15 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
             out = extract_from_sources(plans[split], boxes, seq_start=data.seqs["seq_start"],
                                        seq_len=data.seqs["seq_len"], **common)
             image_source = plans[split][0].kind if plans[split] else "none"
+        maps = {"map_layer": fs.map_layer} if fs.keep_spatial else {}
         write_table(layout.features(split), dict(out),
                     attrs={"backbone": "resnet50", "weights": weights_note, "bbox_source": source,
-                           "crop_size": fs.crop_size, "image_source": image_source})
+                           "crop_size": fs.crop_size, "image_source": image_source, **maps})
         metrics[split] = {"frames": int(n), "feature_std": float(np.std(out["features"].astype(np.float32))),
                           "source": image_source}
+        if fs.keep_spatial:
+            metrics[split]["map_shape"] = list(out["spatial"].shape[1:])
+            metrics[split]["map_mb"] = round(out["spatial"].nbytes / 2**20, 1)
     return metrics
 
 

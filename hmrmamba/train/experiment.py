@@ -59,13 +59,36 @@ def load_mesh_assets(layout: Layout):
 
 def build_model(params: Mapping[str, Any], layout: Layout, *, lift_only: bool):
     """-> (model, resolved config) for the configured variant and ablation overrides."""
+    from hmrmamba.data.loading import map_shape
     from hmrmamba.models.registry import build, resolve_config
 
     exp = experiment_settings(params)
+    overrides = dict(exp["overrides"])
+    lifter = resolve_config(exp["variant"], **overrides)["lifter"]
+    if "map_dim" in lifter and "map_dim" not in overrides and lifter["map_dim"]:
+        # GA samples the maps the features stage cached, at their width (none cached: over time only)
+        shape = map_shape(layout, "train")
+        overrides["map_dim"] = shape[0] if shape else 0
+        if not shape:
+            log.warning("%s has no feature maps (features.keep_spatial: false): GA samples the global "
+                        "features over time only", layout.features("train"))
     assets = None if lift_only else load_mesh_assets(layout)[0]
-    model = build(exp["variant"], assets=assets, lift_only=lift_only, **exp["overrides"])
-    cfg = resolve_config(exp["variant"], **exp["overrides"])
+    model = build(exp["variant"], assets=assets, lift_only=lift_only, **overrides)
+    cfg = resolve_config(exp["variant"], **overrides)
     return model, cfg
+
+
+def map_statistics(maps: np.ndarray, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of feature maps (N, C, h, w) over frames and cells, in float64 chunks
+    (the maps stay float16 in memory) -> ((C,), (C,)) float32."""
+    total = np.zeros(maps.shape[1]); square = np.zeros(maps.shape[1])
+    for start in range(0, len(maps), chunk):
+        x = maps[start:start + chunk].astype(np.float64)
+        total += x.sum((0, 2, 3)); square += (x * x).sum((0, 2, 3))
+    count = max(1, maps.shape[0] * maps.shape[2] * maps.shape[3])
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean * mean, 0.0))
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
 
 def input_fingerprint(paths: list[Path]) -> dict[str, list[int]]:
@@ -126,14 +149,15 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     seed = int(p.get("seed", params.get("seed", 0)))
     seed_everything(seed)
     window, stride = int(p["window"]), int(p["stride"])
-    train = load_split_arrays(layout, p.get("train_split", "train"), detector=exp["detector"],
-                              with_smpl=not lift_only)
-    val = load_split_arrays(layout, p.get("val_split", "val"), detector=exp["detector"])
+    model, cfg = build_model(params, layout, lift_only=lift_only)
+    maps = model.map_dim > 0
+    train = load_split_arrays(layout, p.get("train_split", "train"), detector=exp["detector"], with_smpl=not lift_only,
+                              with_maps=maps)
+    val = load_split_arrays(layout, p.get("val_split", "val"), detector=exp["detector"], with_maps=maps)
     dataset = train.windows(length=window, stride=stride, centred=False)
     if len(dataset) == 0:
         raise InputError("no training windows", file=str(train.split.path), field="seq_len",
                          expected=f"at least one sequence (window {window})")
-    model, cfg = build_model(params, layout, lift_only=lift_only)
     if init_from is not None:
         state = load_checkpoint(init_from)["model"]
         own = model.state_dict()
@@ -149,6 +173,8 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     else:
         feats = torch.as_tensor(train.arrays["feats"])
         model.set_feature_stats(feats.mean(0), feats.std(0))
+        if maps:
+            model.set_map_stats(*map_statistics(train.arrays["spatial"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
     loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)

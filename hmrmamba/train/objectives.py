@@ -15,7 +15,7 @@ from torch import nn
 
 from hmrmamba.data.loading import SplitArrays
 from hmrmamba.errors import InputError
-from hmrmamba.evaluate import evaluate_predictions, predict_split
+from hmrmamba.evaluate import evaluate_predictions, predict_split, run_batch
 from hmrmamba.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
 
 
@@ -27,7 +27,7 @@ class LiftObjective:
     image_size: float
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = model(batch["kp2d"], batch["conf"], batch["feats"], lift_only=True)
+        out = run_batch(model, batch, lift_only=True)
         return lift_loss(out.pose3d, batch["joints3d"], batch["kp2d_px"], batch["conf"], batch["mask"],
                          self.weights, camera=batch["camera"], root=batch["root"], image_size=self.image_size)
 
@@ -67,7 +67,7 @@ class MeshObjective:
     frames: int | None = None
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = model(batch["kp2d"], batch["conf"], batch["feats"], lift_only=False)
+        out = run_batch(model, batch, lift_only=False)
         if self.targets.regressor.device != out.vertices.device:
             self.targets.to(out.vertices.device)
         t = out.vertices.shape[1]

@@ -1,0 +1,140 @@
+"""Spatial GA end to end: the features stage caches feature maps, the loaders hand them to the model,
+and GA samples them where the joints are (eq. 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hmrmamba.data.h5schema import open_h5
+from hmrmamba.data.loading import load_split_arrays, map_shape, normalize_keypoints
+from hmrmamba.errors import InputError
+from hmrmamba.features import ResNet50
+from hmrmamba.features.crops import keypoints_to_crop
+from hmrmamba.layout import Layout
+from hmrmamba.models.ga_attention import GeometryAwareAttention
+from hmrmamba.models.registry import build
+from hmrmamba.train.experiment import build_model, map_statistics
+
+
+def test_layer3_map_is_the_network_stage_and_the_pooled_vector_is_unchanged():
+    net = ResNet50(init_seed=1).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        pooled4, map4 = net.forward_features(x)
+        pooled3, map3 = net.forward_features(x, map_layer="layer3")
+        stem = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        expect = net.layer3(net.layer2(net.layer1(stem)))
+    assert map3.shape == (2, 1024, 6, 4) and map4.shape == (2, 2048, 3, 2)
+    torch.testing.assert_close(map3, expect)
+    torch.testing.assert_close(pooled3, pooled4)
+    with pytest.raises(InputError, match="map_layer"):
+        net.forward_features(x, map_layer="layer2")
+
+
+def test_normalised_keypoints_are_the_crop_pixel_grid_ga_samples():
+    """kp2d in [-1, 1] (what GA's grid_sample reads, align_corners=False) is crop pixel p at
+    2 (p + 0.5) / S - 1: the map's extent is the crop's, so a joint's cell is floor((u + 1) / 2 * w)."""
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(0, 200, (5, 17, 2))
+    boxes = np.concatenate([rng.uniform(50, 150, (5, 2)), np.repeat(rng.uniform(30, 90, (5, 1)), 2, 1)], 1)
+    for size in (32, 96):
+        crop_px = keypoints_to_crop(kp, boxes.astype(np.float32), out_size=size)
+        np.testing.assert_allclose(normalize_keypoints(kp, boxes), 2 * (crop_px + 0.5) / size - 1, atol=1e-5)
+
+
+def test_map_statistics_known_answers():
+    maps = np.zeros((7, 3, 2, 2), np.float16)
+    maps[:, 1] = 5.0
+    maps[:, 2, 0, 0] = 4.0  # one of four cells: mean 1, std sqrt(3)
+    mean, std = map_statistics(maps, chunk=3)
+    np.testing.assert_allclose(mean.numpy(), [0.0, 5.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), [0.0, 0.0, 3.0 ** 0.5], atol=1e-6)
+    rand = np.random.default_rng(1).normal(2.0, 3.0, (50, 4, 3, 5)).astype(np.float16)
+    mean, std = map_statistics(rand, chunk=7)
+    ref = rand.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), ref.mean((0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(std.numpy(), ref.std((0, 2, 3)), rtol=1e-4)
+
+
+def test_map_dropout_drops_whole_channels_of_a_frame():
+    model = build("tiny", lift_only=True, map_dim=8)
+    lifter = model.lifter
+    lifter.encoder.feat_centre = False
+    maps = torch.rand(3, 4, 8, 5, 5) + 1.0  # no zeros before dropout
+    lifter.train()
+    out = lifter.prepare_maps(maps)
+    dropped = out == 0
+    per_channel = dropped.flatten(3)
+    assert bool((per_channel.all(-1) | ~per_channel.any(-1)).all())  # all cells or none
+    assert 0 < float(dropped.float().mean()) < 1
+    kept = ~dropped
+    p = lifter.encoder.feat_drop.p
+    torch.testing.assert_close(out[kept], maps[kept] / (1 - p))
+    lifter.eval()
+    torch.testing.assert_close(lifter.prepare_maps(maps), maps)  # unit statistics: identity in eval
+
+
+def test_ga_reads_the_map_only_around_the_joints():
+    """Zero offsets: GA's output depends on the cells bilinearly around each keypoint and on no other."""
+    torch.manual_seed(0)
+    ga = GeometryAwareAttention(16, feat_dim=12, num_heads=2, num_points=2, value_dim=6, image_query=False).eval()
+    with torch.no_grad():
+        ga.sampling_offsets.bias.zero_()
+    t, h, w, j = 3, 6, 6, 4
+    rows = torch.tensor([1, 1, 4, 3]); cols = torch.tensor([0, 3, 2, 5])
+    kp = torch.stack([(2 * cols + 1.4) / w - 1, (2 * rows + 0.6) / h - 1], -1).expand(1, t, j, 2)  # off-centre
+    touched = torch.zeros(h, w, dtype=torch.bool)
+    for r, c in zip(rows.tolist(), cols.tolist()):  # 0.2 cell right of and 0.2 cell above the centre
+        touched[max(r - 1, 0):r + 1, c:min(c + 2, w)] = True
+    maps = torch.randn(1, t, 6, h, w)
+    x = torch.randn(1, t, j, 16)
+    base = ga(x, kp, feats=torch.randn(1, t, 12), spatial=maps)
+    far = maps.clone()
+    far[..., ~touched] += 10.0
+    near = maps.clone()
+    near[..., rows[2], cols[2]] += 10.0
+    with torch.no_grad():
+        torch.testing.assert_close(ga(x, kp, feats=None, spatial=far), base)
+        changed = (ga(x, kp, feats=None, spatial=near) - base).abs().amax(-1)[0]  # (T, J)
+    assert bool((changed[:, 2] > 1e-3).all()) and bool((changed[:, [0, 1, 3]] < 1e-6).all())
+
+
+# ---------------------------------------------------------------------------------------------- data path
+
+
+def test_features_stage_caches_layer3_maps_and_the_loader_returns_them(tiny_project):
+    layout = Layout(tiny_project)
+    shape = map_shape(layout, "train")
+    assert shape == (1024, 2, 2)  # crop 32 through layer3 (stride 16)
+    data = load_split_arrays(layout, "train", detector="cpn", with_maps=True)
+    with open_h5(layout.features("train")) as h5:
+        stored = h5["spatial"][()]
+        assert h5.attrs["map_layer"] == "layer3"
+    assert data.arrays["spatial"].dtype == np.float16
+    np.testing.assert_array_equal(data.arrays["spatial"], stored)
+    window = data.windows(length=8, stride=4, centred=False)[0]
+    assert tuple(window["spatial"].shape) == (8, 1024, 2, 2)
+    assert "spatial" not in load_split_arrays(layout, "train", detector="cpn").arrays
+
+
+def test_model_takes_the_map_width_from_the_cache_and_ga_false_needs_no_maps(tiny_project, tiny_params):
+    layout = Layout(tiny_project)
+    model, cfg = build_model(tiny_params, layout, lift_only=True)
+    assert model.map_dim == 1024 and cfg["lifter"]["map_dim"] == 1024
+    assert all(blk.value_proj.in_features == 1024 for blk in model.lifter.ga_blocks)
+    params = dict(tiny_params, experiment={**tiny_params["experiment"], "overrides": {"ga": False}})
+    no_ga, _ = build_model(params, layout, lift_only=True)
+    assert no_ga.map_dim == 0 and no_ga.lifter.ga_blocks is None
+    # GA is the only module that reads the maps: without it, the model is the full one minus the GA blocks
+    extra = {k for k in model.state_dict() if not k.startswith("lifter.ga_blocks.")} - set(no_ga.state_dict())
+    assert extra == {"lifter.map_mean", "lifter.map_std"}
+
+
+def test_a_maps_model_refuses_a_batch_without_maps(tiny_project, tiny_params):
+    model, _ = build_model(tiny_params, Layout(tiny_project), lift_only=True)
+    data = load_split_arrays(Layout(tiny_project), "val", detector="cpn")
+    batch = data.windows(length=8, stride=4, centred=False)[0]
+    with pytest.raises(InputError, match="keep_spatial"):
+        model(batch["kp2d"][None], batch["conf"][None], batch["feats"][None])

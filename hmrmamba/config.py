@@ -312,6 +312,7 @@ PARAMS_SCHEMA: dict[str, Rule] = {
     "synthetic.image_size": _int(16, 4096),
     "synthetic.occluder_prob": _num(0, 1),
     "synthetic.blur_prob": _num(0, 1),
+    "synthetic.appearance": Rule("str", choices=("clothing", "parts")),
     "synthetic.betas_scale": _num(0, 10),
     "synthetic.max_travel": _num(0, 100),
     "synthetic.seed": _SEED,

@@ -108,6 +108,7 @@ class SyntheticSettings:
     motions: Any = "all"  # "all" or a list of motion kinds
     occluder_prob: float = 0.3
     blur_prob: float = 0.3
+    appearance: str = "clothing"  # or "parts" (the legacy left/right part colour code)
     betas_scale: float = 1.5
     max_travel: float = 1.0
     seed: int = 0

@@ -489,3 +489,24 @@ def test_extract_from_an_iterable_of_frames(model, video):
         extract_features(iter(images), kp2d, conf, model=model, crop_size=64, progress=False)
     with pytest.raises(InputError, match="uint8"):
         extract_features(images.astype(np.float32), kp2d, conf, model=model, crop_size=64, progress=False)
+
+
+def test_probe_recovers_a_linear_code_and_not_noise():
+    from hmrmamba.features.probe import feature_probe
+
+    rng = np.random.default_rng(0)
+
+    def split(n, code):
+        joints = rng.normal(0, 0.3, (n, 17, 3))
+        joints[:, 0] = 0
+        feats = joints.reshape(n, -1) @ code + rng.normal(0, 1e-3, (n, code.shape[1])) if code is not None \
+            else rng.normal(0, 1, (n, 64))
+        return feats, joints
+
+    code = rng.normal(0, 1, (51, 80))
+    coded = feature_probe(split(400, code), split(100, code), split(200, code))
+    assert coded.probe_mm < 2.0 and coded.ratio < 0.01
+    noise = feature_probe(split(400, None), split(100, None), split(200, None))
+    assert 0.95 < noise.ratio < 1.2 and noise.floor_mm == pytest.approx(coded.floor_mm, rel=0.1)
+    with pytest.raises(InputError, match="probe.val"):
+        feature_probe(split(10, None), (np.zeros((3, 4)), np.zeros((2, 17, 3))), split(10, None))

@@ -353,3 +353,28 @@ def test_scene_helpers_reject_bad_input():
     verts = torch.zeros(1, 3, 3)
     with pytest.raises(InputError, match="velocity"):
         motion_blur(verts, torch.zeros(1, 4, 3), torch.tensor([[0, 1, 2]]), CAM)
+
+
+def test_outfits_have_no_body_side_code_and_vary():
+    import numpy as np
+
+    from hmrmamba.render.scene import clothing_colors, clothing_palette
+    from hmrmamba.skeleton import SMPL24
+
+    names = list(SMPL24.names)
+    pairs = [(names.index(n), names.index("right_" + n[5:])) for n in names if n.startswith("left_")]
+    palettes = [clothing_palette(np.random.default_rng(s)) for s in range(20)]
+    for pal in palettes:
+        assert pal.shape == (24, 3) and float(pal.min()) >= 0 and float(pal.max()) <= 1
+        for left, right in pairs:
+            torch.testing.assert_close(pal[left], pal[right])
+        # head and hands share the skin tone
+        torch.testing.assert_close(pal[names.index("head")], pal[names.index("left_hand")])
+    shirts = torch.stack([p[names.index("spine2")] for p in palettes])
+    assert float(shirts.std(0).min()) > 0.1  # outfits differ
+    weights = torch.softmax(torch.randn(50, 24) * 3, 1)
+    rest = torch.randn(50, 3)
+    a = clothing_colors(weights, rest, np.random.default_rng(7))
+    torch.testing.assert_close(a, clothing_colors(weights, rest, np.random.default_rng(7)))  # seeded
+    assert a.shape == (50, 3) and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.allclose(a, clothing_colors(weights, rest, np.random.default_rng(8)))

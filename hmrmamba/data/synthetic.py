@@ -46,6 +46,9 @@ class SyntheticConfig:
     motions: tuple[str, ...] | None = None
     occluder_prob: float = 0.3
     blur_prob: float = 0.3
+    #: "clothing": a random outfit per sequence (skin tone, garments, stripes); "parts": the legacy
+    #: colour code per body part, left and right in different hues (a cue real people lack)
+    appearance: str = "clothing"
     distance: tuple[float, float] = (3.5, 6.0)
     height: tuple[float, float] = (-0.2, 1.2)
     yaw_deg: tuple[float, float] = (-180.0, 180.0)
@@ -66,6 +69,7 @@ class SyntheticConfig:
                       motions=None if p.get("motions") in (None, "all") else tuple(p["motions"]),
                       occluder_prob=float(p.get("occluder_prob", 0.3)),
                       blur_prob=float(p.get("blur_prob", 0.3)),
+                      appearance=str(p.get("appearance", "clothing")),
                       distance=tuple(cam.get("distance", cls.distance)),
                       height=tuple(cam.get("height", cls.height)),
                       yaw_deg=tuple(cam.get("yaw_deg", cls.yaw_deg)),
@@ -149,7 +153,9 @@ class SyntheticMaker:
         arrays = load_body_arrays(body_model_path)
         self.faces = torch.as_tensor(arrays["f"].astype(np.int64), device=self.device)
         self.j_h36m = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32, device=self.device)
-        self.base_colors = part_colors(torch.as_tensor(arrays["weights"], dtype=torch.float32))
+        self.lbs_weights = torch.as_tensor(arrays["weights"], dtype=torch.float32)
+        self.rest_vertices = torch.as_tensor(arrays["v_template"], dtype=torch.float32)
+        self.base_colors = part_colors(self.lbs_weights)
 
     @torch.inference_mode()
     def _pose(self, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +213,13 @@ class SyntheticMaker:
         n, size = verts_c.shape[0], cfg.image_size
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
         bg = procedural_background(gen, 1, size, size).expand(n, -1, -1, -1)
-        tint = torch.as_tensor(rng.uniform(0.75, 1.25, size=3), dtype=torch.float32)
-        colors = (self.base_colors * tint).clamp(0, 1)
+        if cfg.appearance == "clothing":
+            from hmrmamba.render.scene import clothing_colors
+
+            colors = clothing_colors(self.lbs_weights, self.rest_vertices, rng)
+        else:
+            tint = torch.as_tensor(rng.uniform(0.75, 1.25, size=3), dtype=torch.float32)
+            colors = (self.base_colors * tint).clamp(0, 1)
         camera = torch.as_tensor(cam.intrinsics, dtype=torch.float32).expand(n, 4)
         kwargs = dict(image_size=(size, size), vertex_colors=colors, background=bg, cull_backfaces=True)
         if rng.random() < cfg.blur_prob:

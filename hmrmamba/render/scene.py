@@ -22,6 +22,8 @@ from hmrmamba.skeleton import SMPL24
 __all__ = [
     "OccluderOutput",
     "add_occluders",
+    "clothing_colors",
+    "clothing_palette",
     "default_part_palette",
     "make_generator",
     "motion_blur",
@@ -309,3 +311,66 @@ def part_colors(lbs_weights: torch.Tensor, palette: torch.Tensor | None = None,
     w = lbs_weights.clamp_min(0.0) ** float(sharpness)
     w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
     return (w @ pal).clamp(0.0, 1.0)
+
+
+#: SMPL-24 parts by what covers them: always skin, the shirt, the trousers, the shoes; sleeves and
+#: trouser legs are long or short per outfit (their joints then wear the garment or show skin).
+_SKIN = ("neck", "head", "left_wrist", "right_wrist", "left_hand", "right_hand")
+_SHIRT = ("spine1", "spine2", "spine3", "left_collar", "right_collar", "left_shoulder", "right_shoulder")
+_SLEEVES = ("left_elbow", "right_elbow")
+_TROUSERS = ("pelvis", "left_hip", "right_hip")
+_LEGS = ("left_knee", "right_knee", "left_ankle", "right_ankle")
+_SHOES = ("left_foot", "right_foot")
+
+#: skin tones (RGB in [0, 1]), dark to light; an outfit's skin is drawn between two neighbours
+_SKIN_TONES = ((0.24, 0.15, 0.11), (0.45, 0.30, 0.22), (0.63, 0.45, 0.34), (0.80, 0.62, 0.50),
+               (0.93, 0.78, 0.67))
+
+
+def _garment_colour(rng) -> tuple[float, float, float]:
+    """A random garment colour: any hue, saturation 0-0.8, value 0.1-0.95 (HSV -> RGB)."""
+    import colorsys
+
+    return colorsys.hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.0, 0.8)), float(rng.uniform(0.1, 0.95)))
+
+
+def clothing_palette(rng) -> torch.Tensor:
+    """A random outfit as a (24, 3) SMPL-24 palette in [0, 1]: one skin tone, shirt, trousers and shoes,
+    long or short sleeves and trouser legs. Left and right always match (no body-side colour code).
+
+    ``rng``: a ``numpy.random.Generator``.
+    """
+    t = float(rng.uniform(0, len(_SKIN_TONES) - 1))
+    lo = int(t)
+    hi = min(lo + 1, len(_SKIN_TONES) - 1)
+    skin = tuple((1 - (t - lo)) * a + (t - lo) * b for a, b in zip(_SKIN_TONES[lo], _SKIN_TONES[hi]))
+    shirt, trousers, shoes = _garment_colour(rng), _garment_colour(rng), _garment_colour(rng)
+    sleeves = shirt if rng.uniform() < 0.6 else skin
+    legs = trousers if rng.uniform() < 0.7 else skin
+    wear = {}
+    for names, colour in ((_SKIN, skin), (_SHIRT, shirt), (_SLEEVES, sleeves), (_TROUSERS, trousers),
+                          (_LEGS, legs), (_SHOES, shoes)):
+        wear.update(dict.fromkeys(names, colour))
+    return torch.tensor([wear[name] for name in SMPL24.names], dtype=torch.float32)
+
+
+def clothing_colors(lbs_weights: torch.Tensor, rest_vertices: torch.Tensor, rng) -> torch.Tensor:
+    """Per-vertex colours of a random outfit: lbs_weights (V, 24), rest_vertices (V, 3) metres (the
+    template, y up) -> (V, 3) in [0, 1].
+
+    :func:`clothing_palette` through sharp skinning weights, times a texture: horizontal stripes on
+    the garments of some outfits (a random period of 4-12 cm along the body's height) and a fixed
+    +-6 % per-vertex grain, so that the pixels carry no code for the body's side or part.
+    """
+    palette = clothing_palette(rng)
+    colors = part_colors(lbs_weights, palette, sharpness=8.0)
+    v = colors.shape[0]
+    shade = torch.ones(v)
+    if rng.uniform() < 0.4:
+        period = float(rng.uniform(0.04, 0.12))
+        phase = float(rng.uniform(0, 2 * math.pi))
+        stripes = 0.5 + 0.5 * torch.sin(2 * math.pi * rest_vertices[:, 1].float() / period + phase)
+        garment = lbs_weights[:, [SMPL24.names.index(n) for n in _SHIRT + _TROUSERS]].sum(1).clamp(0, 1)
+        shade = shade * (1.0 - float(rng.uniform(0.2, 0.45)) * stripes * garment)
+    grain = torch.as_tensor(rng.uniform(0.94, 1.06, size=v), dtype=torch.float32)
+    return (colors * (shade * grain)[:, None]).clamp(0.0, 1.0)

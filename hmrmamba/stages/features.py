@@ -11,6 +11,7 @@ Where the pixels come from, per split:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from hmrmamba.stages.common import main as stage_main
 from hmrmamba.stages.detect2d import splits_of
 
 STAGE = "features"
+log = logging.getLogger(__name__)
 
 
 def image_hw(data) -> Any:
@@ -101,6 +103,7 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
         rows[split] = match_split_rows(loaded[paths[split]], data[split], frame=frame, split=split)
     source = fs.bbox_source
     metrics: dict[str, Any] = {"weights": "imported", "crop_size": fs.crop_size}
+    cached: dict[str, Any] = {}
     for split in splits:
         imported, d = loaded[paths[split]], data[split]
         out = {"features": imported.features[rows[split]].astype(np.float16)}
@@ -116,7 +119,29 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
                            "crop_size": fs.crop_size, "image_source": "import"})
         metrics[split] = {"frames": d.num_frames, "rows_in_file": imported.num_rows,
                           "feature_std": float(np.std(out["features"].astype(np.float32))), "source": "import"}
+        cached[split] = out["features"]
+    probe = probe_metrics(layout, cached)
+    if probe is not None:
+        metrics["probe"] = probe
     return metrics
+
+
+def probe_metrics(layout: Layout, features: Mapping[str, Any]) -> dict[str, float] | None:
+    """The linear probe (:mod:`hmrmamba.features.probe`) of the cached global features ``features``
+    {split: (N, F)} to the splits' root-relative 3D joints; None unless train, val and test exist."""
+    from hmrmamba.data.h5schema import read_split
+    from hmrmamba.features.probe import feature_probe
+
+    if not {"train", "val", "test"} <= set(features):
+        return None
+    pairs = {}
+    for split in ("train", "val", "test"):
+        j3d = read_split(layout.prepared(split)).frames["joints3d"]
+        pairs[split] = (features[split], j3d - j3d[:, :1])
+    result = feature_probe(pairs["train"], pairs["val"], pairs["test"])
+    log.info("probe: ridge from the global features to 3D joints %.1f mm on test, mean pose %.1f mm (x%.2f)",
+             result.probe_mm, result.floor_mm, result.ratio)
+    return result.as_dict()
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
@@ -137,6 +162,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
               "keep_spatial": fs.keep_spatial, "map_layer": fs.map_layer}
     metrics: dict[str, Any] = {"weights": weights_note, "crop_size": fs.crop_size,
                                "map_layer": fs.map_layer if fs.keep_spatial else None}
+    cached: dict[str, Any] = {}
     for split in splits:
         prepared = layout.prepared(split)
         if plans[split] is None:  # pixels stored in the split (synthetic)
@@ -164,6 +190,10 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
         if fs.keep_spatial:
             metrics[split]["map_shape"] = list(out["spatial"].shape[1:])
             metrics[split]["map_mb"] = round(out["spatial"].nbytes / 2**20, 1)
+        cached[split] = out["features"]
+    probe = probe_metrics(layout, cached)
+    if probe is not None:
+        metrics["probe"] = probe
     return metrics
 
 

@@ -17,9 +17,11 @@ import numpy as np
 
 from hmrmamba.atomic import atomic_path
 from hmrmamba.errors import InputError
+from hmrmamba.metric_names import ACCURACY_METRICS
 
-#: Error metrics drawn in the bar chart, in this order (mm; lower is better).
-HEADLINE = ("mpjpe", "pa_mpjpe", "mpvpe", "accel")
+#: Error metrics drawn in the bar chart, in this order (mm; lower is better). The table keeps every
+#: metric, the mesh-quality ones (degrees, ratios) included.
+HEADLINE = ACCURACY_METRICS
 _TAG = "tags."
 _METRIC = "metrics."
 

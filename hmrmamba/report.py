@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from hmrmamba.atomic import atomic_path
+from hmrmamba.metric_names import METRIC_HEADERS, TABLE_METRICS
 
-METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "accel")
-HEADERS = {"mpjpe": "MPJPE ↓", "pa_mpjpe": "PA-MPJPE ↓", "mpvpe": "MPVPE ↓", "accel": "Accel ↓"}
+METRICS = TABLE_METRICS
+HEADERS = METRIC_HEADERS
 SYNTHETIC_NOTE = ("**These numbers come from the embedded synthetic dataset** (procedural body, rendered "
                   "clips, simulated 2D detectors), not from Human3.6M, 3DPW or MPI-INF-3DHP. They show that "
                   "the pipeline trains and how variants rank on this data; they are not comparable with the "
@@ -189,8 +190,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _fmt(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{float(v):.1f}"
+def _fmt(v: Any, key: str = "") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{float(v):.2f}" if key == "roughness" else f"{float(v):.1f}"  # a ratio near 1
 
 
 def table1_lines(evaluate: Mapping[str, Any], dataset: str) -> list[str]:
@@ -198,7 +201,7 @@ def table1_lines(evaluate: Mapping[str, Any], dataset: str) -> list[str]:
     lines = ["| output | " + " | ".join(HEADERS[k] for k in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for label, m in (("stage 1 (lifted pose)", evaluate.get("stage1", {}).get(dataset, {})),
                      ("mesh (stage 2)", evaluate.get(dataset, {}))):
-        lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in METRICS) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k), k) for k in METRICS) + " |")
     return lines
 
 

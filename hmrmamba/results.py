@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from hmrmamba.errors import InputError, MissingFileError
+from hmrmamba.metric_names import METRIC_HEADERS, TABLE_METRICS
 
 FLAGS = ("ga", "em", "im")
-METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "accel")
-HEADERS = {"mpjpe": "MPJPE ↓", "pa_mpjpe": "PA-MPJPE ↓", "mpvpe": "MPVPE ↓", "accel": "Accel ↓"}
+METRICS = TABLE_METRICS
+HEADERS = METRIC_HEADERS
 
 
 def ablation_label(flags: Mapping[str, bool]) -> str:

@@ -43,8 +43,10 @@ def test_select_sequences_repacks_frames_in_the_given_order():
 
 
 def test_table1_lines_show_stage1_and_mesh_rows():
-    ev = {"synthetic": {"mpjpe": 112.04, "pa_mpjpe": 75.9, "mpvpe": 139.2, "accel": 31.5},
+    ev = {"synthetic": {"mpjpe": 112.04, "pa_mpjpe": 75.9, "mpvpe": 139.2, "accel": 31.5, "edge_err": 3.71,
+                        "normal_err": 34.48, "roughness": 1.096},
           "stage1": {"synthetic": {"mpjpe": 111.2, "pa_mpjpe": 74.0, "accel": 30.0}}}
     lines = table1_lines(ev, "synthetic")
-    assert lines[2] == "| stage 1 (lifted pose) | 111.2 | 74.0 | – | 30.0 |"
-    assert lines[3] == "| mesh (stage 2) | 112.0 | 75.9 | 139.2 | 31.5 |"
+    assert "roughness" in lines[0] and "normal err" in lines[0]
+    assert lines[2] == "| stage 1 (lifted pose) | 111.2 | 74.0 | – | 30.0 | – | – | – |"
+    assert lines[3] == "| mesh (stage 2) | 112.0 | 75.9 | 139.2 | 31.5 | 3.7 | 34.5 | 1.10 |"

@@ -215,6 +215,14 @@ def test_detection_files_line_up_with_the_split(mini_h36m, h36m_splits):
     sh = h36m_detections(mini_h36m.root, cfg, data=_Split, source="sh")  # 16 joints -> 17
     np.testing.assert_allclose(sh.kp[:, 9], 0.5 * (sh.kp[:, 8] + sh.kp[:, 10]), atol=1e-4)
     assert np.abs(sh.kp - test.frames["joints2d"]).mean() > np.abs(det.kp - test.frames["joints2d"]).mean()
+    # the file is in MPII order: its pelvis (6) and left wrist (15) land on H36M's pelvis and left wrist
+    raw = mini_h36m.positions_2d["sh"]["S11"]["Walking"][3][: test.seqs["source_frames"][i]][::2]
+    assert raw.shape[1] == 16
+    for h36m_name, mpii in (("pelvis", 6), ("left_wrist", 15), ("right_ankle", 0), ("head", 9)):
+        np.testing.assert_allclose(sh.kp[a : a + n, H36M17.index(h36m_name)], raw[:, mpii], atol=1e-4)
+    # and every joint but the filled neck/nose is the ground truth plus the file's ~9 px noise
+    err = np.linalg.norm(sh.kp - test.frames["joints2d"], axis=-1).mean(axis=0)
+    assert np.delete(err, H36M17.index("neck")).max() < 25.0, err.round(1)
     with pytest.raises(MissingFileError, match=DETECTION_FILES["detectron"]):
         h36m_detections(mini_h36m.root, cfg, data=_Split, source="detectron")
 
@@ -228,6 +236,33 @@ def test_coco_layout_goes_through_coco17_to_h36m17(tmp_path):
     l_hip, r_hip = COCO17.index("left_hip"), COCO17.index("right_hip")
     np.testing.assert_allclose(xy[:, 0], 0.5 * (kp[:, l_hip] + kp[:, r_hip]))
     assert conf.shape == (5, 17) and (conf == 1).all()
+
+
+def test_stacked_hourglass_mpii_order_goes_to_h36m17(tmp_path):
+    """A known pose in MPII order (VideoPose3D's SH file, 3d-pose-baseline's SH_NAMES) lands on the
+    H36M-17 joints of the same names; neck/nose, which MPII lacks, is the thorax-head midpoint."""
+    mpii = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis",
+            "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder",
+            "left_shoulder", "left_elbow", "left_wrist")
+    # MPII's thorax / upper neck / head top are H36M's spine / thorax / head (SH_TO_GT_PERM)
+    as_h36m = {"thorax": "spine", "upper_neck": "thorax", "head_top": "head"}
+    kp = np.random.default_rng(0).uniform(0, 1000, size=(4, 16, 2))
+    meta = {"num_joints": 16, "keypoints_symmetry": [[3, 4, 5, 13, 14, 15], [0, 1, 2, 10, 11, 12]]}
+    xy, conf = keypoints_to_h36m17(kp, metadata=meta, file=tmp_path, fld="k")
+    for i, name in enumerate(mpii):
+        np.testing.assert_array_equal(xy[:, H36M17.index(as_h36m.get(name, name))], kp[:, i], err_msg=name)
+    nose = H36M17.index("neck")
+    np.testing.assert_allclose(xy[:, nose], 0.5 * (kp[:, 8] + kp[:, 9]))  # upper neck, head top
+    assert conf.shape == (4, 17) and (conf == 1).all()
+    # symmetry metadata pairs left/right joints that the mapping sends to H36M's flipped pairs
+    left, right = meta["keypoints_symmetry"]
+    order = [H36M17.index(as_h36m.get(mpii[j], mpii[j])) for j in range(16)]
+    assert [H36M17.flip[order[j]] for j in left] == [order[j] for j in (2, 1, 0, 12, 11, 10)]
+    assert all(mpii[j].startswith("left") for j in left) and all(mpii[j].startswith("right") for j in right)
+    xy2, _ = keypoints_to_h36m17(kp, metadata={**meta, "layout_name": "mpii"}, file=tmp_path, fld="k")
+    np.testing.assert_array_equal(xy2, xy)
+    with pytest.raises(InputError, match="layout 'h36m' with 16 joints"):
+        keypoints_to_h36m17(kp, metadata={**meta, "layout_name": "h36m"}, file=tmp_path, fld="k")
 
 
 def test_2d_longer_than_mocap_is_trimmed_like_videopose3d(tmp_path):
@@ -486,6 +521,25 @@ def test_3dpw_openpose_detections_map_coco18_to_h36m17(mini_3dpw):
     assert (det.conf[a : a + n, H36M17.index("head")] == 0).all()
 
 
+def test_3dpw_openpose_reads_a_split_written_to_file(tmp_path, mini_3dpw):
+    """detect2d gets the split from disk: every string field (source_dir, gender, names) is text
+    again, so the sequence file is found and the detections match the in-memory ones."""
+    test = build_pw3d(mini_3dpw.root, PW3DConfig(splits={"test": "test"}))["test"]
+    write_split(tmp_path / "test.h5", test.frames, test.seqs, test.attrs)
+    back = read_split(tmp_path / "test.h5")
+    det = pw3d_openpose(mini_3dpw.root, PW3DConfig(), data=back)  # was sequenceFiles/b'test'/...: missing
+    for k in ("seq_name", "subject", "motion", "gender", "source_dir"):
+        assert back.seqs[k].dtype.kind == "U" and list(back.seqs[k]) == [str(v) for v in test.seqs[k]], k
+    assert back.attrs["dataset"] == "3dpw" and isinstance(back.attrs["joints3d_source"], str)
+
+    class _Split:
+        frames, seqs, attrs, path = test.frames, test.seqs, test.attrs, "test.h5"
+
+    ref = pw3d_openpose(mini_3dpw.root, PW3DConfig(), data=_Split)
+    np.testing.assert_array_equal(det.kp, ref.kp)
+    np.testing.assert_array_equal(det.conf, ref.conf)
+
+
 def test_3dpw_pickle_with_foreign_class_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     write_evil_pickle(tmp_path / "raw/sequenceFiles/test/evil_00.pkl", marker)
@@ -518,7 +572,7 @@ def test_3dpw_missing_key_and_wrong_joint_count(tmp_path):
 @pytest.mark.parametrize("layout", ["h5py", "matlab", "v5"])
 def test_3dhp_both_matlab_layouts_give_the_same_h36m_joints(tmp_path, layout):
     mini = write_mini_3dhp(tmp_path, layout=layout)
-    sp = build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS1", "TS5")))["test"]
+    sp = build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS1", "TS5"), joints3d="annot3"))["test"]
     for i, seq in enumerate(("TS1", "TS5")):
         a, n = sp.seqs["seq_start"][i], sp.seqs["seq_len"][i]
         np.testing.assert_allclose(sp.frames["joints3d"][a : a + n], mini.joints3d_h36m[seq], atol=1e-6)
@@ -538,7 +592,7 @@ def test_3dhp_joint_order_follows_mpi_to_h36m(tmp_path):
     with h5py.File(path, "r") as h5:
         raw = h5["annot3"][()]
     assert raw.shape == (20, 1, 17, 3)
-    sp = build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS2",)))["test"]
+    sp = build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS2",), joints3d="annot3"))["test"]
     pairs = {
         "pelvis": "pelvis",
         "head": "head_top",
@@ -555,9 +609,53 @@ def test_3dhp_joint_order_follows_mpi_to_h36m(tmp_path):
     assert [MPI_TO_H36M[H36M17.index(k)] for k in ("pelvis", "head")] == [14, 0]
 
 
+def test_3dhp_scores_univ_annot3_by_default_and_refuses_metres(tmp_path):
+    """PMCE/VIBE's protocol scores against ``univ_annot3``; the 3D fields are millimetres, and a file
+    already in metres is refused (it passed before, giving a body 0.8 mm tall)."""
+    import h5py
+
+    mini = write_mini_3dhp(tmp_path, sequences=("TS2",))
+    assert MPI3DHPConfig().joints3d == MPI3DHPConfig.from_params({}).joints3d == "univ_annot3"
+    path = mini.files["TS2"]
+    with h5py.File(path, "r") as h5:
+        univ = h5["univ_annot3"][()][:, 0]
+    sp = build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS2",)))["test"]
+    np.testing.assert_allclose(sp.frames["joints3d"], univ[:, list(MPI_TO_H36M)] / 1000.0, atol=1e-6)
+    assert sp.attrs["joints3d_source"].startswith("univ_annot3")
+    for key in ("univ_annot3", "annot3"):
+        with h5py.File(path, "r+") as h5:
+            mm = h5[key][()]
+            del h5[key]
+            h5[key] = mm / 1000.0  # already metres
+        msg = rf"TS2/annot_data\.mat: field '{key}': median body extent [0-9.]+ mm .*already metres"
+        with pytest.raises(InputError, match=msg):
+            build_3dhp(tmp_path, MPI3DHPConfig(sequences=("TS2",), joints3d=key))
+        with h5py.File(path, "r+") as h5:
+            del h5[key]
+            h5[key] = mm
+
+
+def test_split_unit_check_is_two_sided(tmp_path):
+    from hmrmamba.data.h5schema import check_units
+
+    j = np.zeros((5, 17, 3))
+    j[:, 10, 1] = -0.7  # head top 0.7 m above the pelvis
+    check_units(j, file="x", field="joints3d")
+    check_units(j * 1000, file="x", field="annot3", unit="mm")
+    with pytest.raises(InputError, match=r"x: field 'joints3d': median body extent 700 m.*millimetres\?"):
+        check_units(j * 1000, file="x")
+    with pytest.raises(InputError, match=r"field 'joints3d': median body extent 0.0007 m"):
+        check_units(j / 1000, file="x")
+    with pytest.raises(InputError, match=r"field 'annot3': median body extent 0.7 mm .*already metres"):
+        check_units(j, file="x", field="annot3", unit="mm")
+    bad = j.copy()
+    bad[:3] *= 1000  # only the frames marked valid count
+    check_units(bad, file="x", valid=np.array([0, 0, 0, 1, 1], bool))
+
+
 def test_3dhp_bad_files(tmp_path):
-    write_mini_3dhp(tmp_path / "a", sequences=("TS3",), drop=("annot3",))
-    with pytest.raises(InputError, match=r"TS3/annot_data\.mat: field 'annot3': missing field"):
+    write_mini_3dhp(tmp_path / "a", sequences=("TS3",), drop=("univ_annot3",))
+    with pytest.raises(InputError, match=r"TS3/annot_data\.mat: field 'univ_annot3': missing field"):
         build_3dhp(tmp_path / "a", MPI3DHPConfig(sequences=("TS3",)))
     import h5py
 
@@ -568,19 +666,19 @@ def test_3dhp_bad_files(tmp_path):
         del h5["annot3"]
         h5["annot3"] = a3[:, :, :16]
     with pytest.raises(InputError, match=r"field 'annot3': shape \(20, 1, 16, 3\)"):
-        build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",)))
+        build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",), joints3d="annot3"))
     with h5py.File(path, "r+") as h5:
         a3[2, 0, 5] = np.nan  # frame 2 is invalid: tolerated, zeroed
         del h5["annot3"]
         h5["annot3"] = a3
-    sp = build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",)))["test"]
+    sp = build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",), joints3d="annot3"))["test"]
     assert not sp.frames["valid"][2] and np.isfinite(sp.frames["joints3d"]).all()
     with h5py.File(path, "r+") as h5:
         a3[3, 0, 5] = np.nan  # frame 3 is valid: refused
         del h5["annot3"]
         h5["annot3"] = a3
     with pytest.raises(InputError, match="non-finite joints at valid frame 3"):
-        build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",)))
+        build_3dhp(tmp_path / "b", MPI3DHPConfig(sequences=("TS4",), joints3d="annot3"))
 
 
 # =============================================================================================

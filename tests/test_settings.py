@@ -39,7 +39,7 @@ def test_committed_params_parse_into_the_values_of_the_file():
     assert s.features.bbox_scale == 1.2 and s.features.crop_size == 96
     assert s.features.keep_spatial is True and s.features.map_layer == "layer3"
     assert s.efficiency.scan.ref_batch == 16 and s.efficiency.scaling.frames == (16, 64, 243, 1024)
-    assert s.datasets.h36m.test_cameras == (3,) and s.datasets.mpi3dhp.joints3d == "annot3"
+    assert s.datasets.h36m.test_cameras == (3,) and s.datasets.mpi3dhp.joints3d == "univ_annot3"
     assert s.train_seed("train_lift") == 0
 
 

@@ -5,7 +5,8 @@ to end) on these: seeded, tiny, with plausible walking people and the real camer
 
 * :func:`write_mini_h36m` -- VideoPose3D's ``data_3d_h36m.npz`` (pickled dict of (N, 32, 3)
   world-frame mocap) and ``data_2d_h36m_<detector>.npz`` files (``gt`` is the exact projection
-  with the published cameras; ``cpn``/``detectron`` add seeded pixel noise; ``sh`` has 16 joints)
+  with the published cameras; ``cpn``/``detectron`` add seeded pixel noise; ``sh`` has 16 joints
+  in Stacked Hourglass/MPII order, with VideoPose3D's metadata for that file)
   and, with ``videos=True``, tiny ``<S>/Videos/<action>.<camera id>.mp4`` videos of the figure;
 * :func:`write_mini_3dpw` -- ``sequenceFiles/<split>/<seq>.pkl`` with 3DPW's keys, written as the
   real ones are: Python 2 protocol-2 pickles (:func:`py2_pickle_dumps`: text and array data as
@@ -181,11 +182,21 @@ H36M_METADATA = {
     "num_joints": 17,
     "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]],
 }
+#: VideoPose3D's ``prepare_data_2d_h36m_sh.py`` metadata, verbatim: no ``layout_name``; the
+#: symmetry lists (left, right) are MPII indices.
 SH_METADATA = {
-    "layout_name": "h36m",
     "num_joints": 16,
-    "keypoints_symmetry": [[4, 5, 6, 10, 11, 12], [1, 2, 3, 13, 14, 15]],
+    "keypoints_symmetry": [[3, 4, 5, 13, 14, 15], [0, 1, 2, 10, 11, 12]],
 }
+#: The H36M-17 joint written at each Stacked Hourglass (MPII) index 0..15: r-ankle, r-knee, r-hip,
+#: l-hip, l-knee, l-ankle, pelvis, thorax, upper neck, head top, r-wrist, r-elbow, r-shoulder,
+#: l-shoulder, l-elbow, l-wrist. MPII's thorax, upper neck and head top stand for H36M's spine,
+#: thorax and head, as in 3d-pose-baseline's ``SH_TO_GT_PERM``; H36M's neck/nose has no slot.
+_SH16_AS_H36M17 = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+                   "pelvis", "spine", "thorax", "head", "right_wrist", "right_elbow",
+                   "right_shoulder", "left_shoulder", "left_elbow", "left_wrist")
+#: ``sh[i] = h36m17[H36M17_TO_SH16[i]]``: an H36M-17 pose in Stacked Hourglass (MPII) order.
+H36M17_TO_SH16: tuple[int, ...] = tuple(H36M17.index(n) for n in _SH16_AS_H36M17)
 _NOISE_PX = {"gt": 0.0, "cpn": 4.0, "detectron": 6.0, "sh": 9.0}
 
 
@@ -329,7 +340,7 @@ def write_mini_h36m(
                     )
                     kp = kp + rng.normal(0.0, _NOISE_PX.get(det, 5.0), size=kp.shape)
                     if det == "sh":
-                        kp = np.delete(kp, 9, axis=1)
+                        kp = kp[:, list(H36M17_TO_SH16)]
                     streams.append(kp.astype(np.float32))
                 p2d[s][a] = streams
         out.positions_2d[det] = p2d

@@ -77,7 +77,18 @@ NUM_MOCAP_JOINTS = 32
 SOURCE_FPS = 50.0
 TRAIN_SUBJECTS: tuple[str, ...] = ("S1", "S5", "S6", "S7", "S8")
 TEST_SUBJECTS: tuple[str, ...] = ("S9", "S11")
-#: H36M-17 slot missing from 16-joint (Stacked Hourglass / MPII-derived) detections.
+#: The 16 joints of Stacked Hourglass (MPII order), as ``data_2d_h36m_sh_pt_mpii.npz`` stores them:
+#: VideoPose3D's ``prepare_data_2d_h36m_sh.py`` copies the detector's poses unpermuted.
+SH16_NAMES: tuple[str, ...] = (
+    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis",
+    "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder",
+    "left_shoulder", "left_elbow", "left_wrist",
+)
+#: ``h36m[j] = sh[SH16_TO_H36M17[j]]``; ``None`` (neck/nose) has no Stacked Hourglass joint. This is
+#: 3d-pose-baseline's ``SH_TO_GT_PERM`` (6,2,1,0,3,4,5,7,8,9,13,14,15,12,11,10) with the slot for
+#: neck/nose added: MPII thorax -> H36M spine, upper neck -> thorax, head top -> head.
+SH16_TO_H36M17: tuple[int | None, ...] = (6, 2, 1, 0, 3, 4, 5, 7, 8, None, 9, 13, 14, 15, 12, 11, 10)
+#: H36M-17 slot missing from 16-joint detections, filled with the midpoint of these two.
 NECK_NOSE = 9
 THORAX, HEAD = 8, 10
 
@@ -229,8 +240,9 @@ def keypoints_to_h36m17(
     """A 2D stream in the file's layout -> H36M-17. kp: (N, J, 2|3) px -> (N, 17, 2), conf (N, 17).
 
     Layouts: 17 joints ``h36m`` (as is); 17 joints ``coco`` (:func:`coco17_to_h36m17`); 16 joints
-    (Stacked Hourglass files: H36M-17 order without neck/nose, which is filled with the midpoint
-    of thorax and head). A third channel is a confidence; without one, confidences are 1.
+    (Stacked Hourglass files, no ``layout_name`` or ``mpii``: MPII order :data:`SH16_NAMES`,
+    reordered by :data:`SH16_TO_H36M17`; neck/nose, which MPII lacks, is the midpoint of thorax
+    and head). A third channel is a confidence; without one, confidences are 1.
     """
     from hmrmamba.detect.sources import coco17_to_h36m17
 
@@ -256,11 +268,17 @@ def keypoints_to_h36m17(
     if num == 17 and layout.startswith("coco"):
         xy, conf = coco17_to_h36m17(xy, conf)
     elif num == 16:
-        # 16-joint index of H36M-17 joint j is j for j < 9 and j - 1 above; head (10) sits at 9
-        mid = 0.5 * (xy[:, THORAX] + xy[:, HEAD - 1])
-        xy = np.concatenate([xy[:, :NECK_NOSE], mid[:, None], xy[:, NECK_NOSE:]], axis=1)
-        mid_conf = np.minimum(conf[:, THORAX], conf[:, HEAD - 1])
-        conf = np.concatenate([conf[:, :NECK_NOSE], mid_conf[:, None], conf[:, NECK_NOSE:]], axis=1)
+        if "layout_name" in metadata and not layout.lower().startswith("mpii"):
+            raise InputError(
+                f"layout '{layout}' with 16 joints",
+                file=file,
+                field="metadata",
+                expected="16 joints in Stacked Hourglass (MPII) order: layout_name absent or 'mpii'",
+            )
+        order = [0 if i is None else i for i in SH16_TO_H36M17]  # neck/nose: set just below
+        xy, conf = xy[:, order], conf[:, order]  # fancy indexing: copies
+        xy[:, NECK_NOSE] = 0.5 * (xy[:, THORAX] + xy[:, HEAD])
+        conf[:, NECK_NOSE] = np.minimum(conf[:, THORAX], conf[:, HEAD])
     elif num != 17:
         raise InputError(
             f"layout '{layout}' with {num} joints",
@@ -932,7 +950,7 @@ def h36m_detections(root: str | Path, cfg: H36MConfig, *, data, source: str):
         source=source,
         meta={
             "file": str(path),
-            "layout": str(meta.get("layout_name")),
+            "layout": str(meta.get("layout_name", "mpii" if int(meta["num_joints"]) == 16 else "h36m")),
             "num_joints": int(meta["num_joints"]),
         },
     )

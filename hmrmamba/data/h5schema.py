@@ -124,25 +124,43 @@ def validate_split(frames: Mapping[str, np.ndarray], seqs: Mapping[str, np.ndarr
         raise InputError("sequences must tile the frames contiguously", file=file, field="seq_start",
                          expected=f"seq_start[0]=0, seq_start[i+1]=seq_start[i]+seq_len[i], "
                                   f"sum(seq_len)={n}")
-    check_units(np.asarray(frames["joints3d"]), file=file)
+    check_units(np.asarray(frames["joints3d"]), file=file, valid=frames.get("valid"))
     return n
 
 
-#: A human body spans ~0.5-2.5 m around its pelvis; a median extent above this is not metres.
+#: A body's farthest joint from the pelvis is ~0.3-1.2 m away; a median outside these bounds is
+#: another unit: millimetres give ~1000, metres divided by 1000 again ~0.001.
+MIN_BODY_EXTENT_M = 0.1
 MAX_BODY_EXTENT_M = 10.0
+_UNIT_SCALE = {"m": 1.0, "mm": 1000.0}
 
 
-def check_units(joints3d: np.ndarray, *, file: str | Path, field: str = "joints3d") -> None:
-    """Refuse joints that are evidently not in metres. joints3d: (N, J, 3), pelvis at joint 0.
+def check_units(joints3d: np.ndarray, *, file: str | Path, field: str = "joints3d", unit: str = "m",
+                valid: np.ndarray | None = None) -> None:
+    """Refuse joints that are evidently not in ``unit`` ("m" or "mm"). joints3d: (N, J, 3), pelvis at
+    joint 0; valid: (N,) bool, the frames to look at (all when None or none is set).
 
-    The median over frames of the largest joint distance from the pelvis must stay below
-    :data:`MAX_BODY_EXTENT_M`; millimetres (H36M/3DHP raw files, AMASS exports) give ~1000.
+    The median over frames of the largest joint distance from the pelvis must lie within
+    [:data:`MIN_BODY_EXTENT_M`, :data:`MAX_BODY_EXTENT_M`] in that unit: millimetres (H36M/3DHP raw
+    files, AMASS exports) fail the metre check, and metres fail the millimetre check (3DHP's
+    ``annot3`` already converted gives a body 0.8 mm tall once divided by 1000).
     """
-    extent = np.linalg.norm(joints3d - joints3d[:, :1], axis=-1).max(axis=1)
+    scale = _UNIT_SCALE[unit]
+    j = np.asarray(joints3d)
+    if valid is not None and np.asarray(valid).any():
+        j = j[np.asarray(valid, bool)]
+    j = j[np.isfinite(j).all(axis=(1, 2))]
+    if j.size == 0:
+        return
+    extent = np.linalg.norm(j - j[:, :1], axis=-1).max(axis=1)
     median = float(np.median(extent))
-    if median > MAX_BODY_EXTENT_M:
-        raise InputError(f"median body extent {median:.4g} around the pelvis (millimetres?)", file=file,
-                         field=field, expected=f"metres: a body spans less than {MAX_BODY_EXTENT_M:g} m")
+    lo, hi = MIN_BODY_EXTENT_M * scale, MAX_BODY_EXTENT_M * scale
+    if lo <= median <= hi:
+        return
+    hint = {("m", False): "millimetres?", ("m", True): "metres divided by 1000 once too often?",
+            ("mm", False): "not millimetres?", ("mm", True): "already metres?"}[unit, median < lo]
+    raise InputError(f"median body extent {median:.4g} {unit} around the pelvis ({hint})", file=file,
+                     field=field, expected=f"{unit}: a body spans {lo:g} to {hi:g} {unit}")
 
 
 def _create_file(path: Path) -> h5py.File:
@@ -197,7 +215,22 @@ def open_h5(path: str | Path) -> h5py.File:
 
 
 def _decode(a: np.ndarray) -> np.ndarray:
-    return np.array([s.decode("utf-8", errors="replace") if isinstance(s, bytes) else str(s) for s in a])
+    """A string dataset as h5py returns it (bytes, fixed ``S`` or variable-length object) -> ``str``."""
+    flat = [s.decode("utf-8", errors="replace") if isinstance(s, bytes) else str(s) for s in a.reshape(-1)]
+    return np.array(flat, dtype=str).reshape(a.shape)
+
+
+def decode_strings(arrays: Mapping[str, object]) -> dict[str, object]:
+    """Every string dataset or attribute of ``arrays`` as ``str``: the one place where the bytes
+    HDF5 stores become text again (:func:`_create` writes ``str`` as UTF-8 ``S``). Others pass as is."""
+    out: dict[str, object] = {}
+    for k, v in arrays.items():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", errors="replace")
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "SO":
+            v = _decode(v)
+        out[k] = v
+    return out
 
 
 @dataclass
@@ -262,10 +295,8 @@ def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bo
             raise InputError(f"unreadable dataset ({exc})", file=path,
                              expected="a complete HDF5 file; it may be truncated — re-run its stage"
                              ) from None
-        attrs = dict(h5.attrs)
-    for k in ("seq_name", "subject", "motion"):
-        if k in seqs:
-            seqs[k] = _decode(seqs[k])
+        attrs = decode_strings(h5.attrs)
+    frames, seqs = decode_strings(frames), decode_strings(seqs)
     validate_split(frames, seqs, file=path)
     return Split(path=path, frames=frames, seqs=seqs, attrs=attrs)
 
@@ -310,5 +341,5 @@ def read_table(path: str | Path, fields: Mapping[str, Field], *, rows: int | Non
                 raise InputError(f"unreadable dataset ({exc})", file=path, field=name,
                                  expected="a complete HDF5 file; re-run its stage") from None
             check_array(name, out[name], field, rows, file=path)
-        attrs = dict(h5.attrs)
-    return out, attrs
+        attrs = decode_strings(h5.attrs)
+    return decode_strings(out), attrs

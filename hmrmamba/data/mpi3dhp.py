@@ -9,6 +9,9 @@ MATLAB v7.3, i.e. HDF5, read with h5py (older v5 ``.mat`` files are read with
   MPI-INF-3DHP-17 order (:data:`hmrmamba.skeleton.MPI_INF_3DHP17`);
 * ``valid_frame`` (N,): frames to score; ``activity_annotation`` (N,): activity class (optional).
 
+``joints3d`` comes from ``univ_annot3`` by default (:data:`DEFAULT_JOINTS3D`: the key PMCE/ARTS and
+VIBE score against) or ``annot3``; both are millimetres, and a file already in metres is refused.
+
 MATLAB stores arrays column-major, so h5py sees their axes reversed: a MATLAB ``2 x 17 x 1 x N``
 ``annot2`` reads as ``(N, 1, 17, 2)`` through h5py, while ``scipy.io.loadmat`` keeps MATLAB's
 order. :func:`joints_from_mat` accepts both (and 3-axis forms without the singleton person
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hmrmamba.data.h5schema import check_units
 from hmrmamba.data.reader_tools import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import MPI_TO_H36M
@@ -66,6 +70,10 @@ IMAGE_WH: dict[str, tuple[int, int]] = {
 FPS: dict[str, float] = {"TS1": 25.0, "TS2": 25.0, "TS3": 25.0, "TS4": 25.0, "TS5": 50.0, "TS6": 50.0}
 
 JOINTS3D_KEYS = ("annot3", "univ_annot3")
+#: What VIBE's ``mpii3d_utils.read_test_data`` reads, and so what VIBE/TCMR/PMCE/ARTS score 3DHP
+#: against (their test data come from it): the skeleton rescaled to the universal (Human3.6M)
+#: height, the only 3D field the test set's README describes.
+DEFAULT_JOINTS3D = "univ_annot3"
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class MPI3DHPConfig:
     """Reader options (``params["datasets"]["mpi3dhp"]``)."""
 
     sequences: tuple[str, ...] = TEST_SEQUENCES
-    joints3d: str = "annot3"  # or "univ_annot3"
+    joints3d: str = DEFAULT_JOINTS3D  # or "annot3"
     split: str = "test"
 
     @classmethod
@@ -191,8 +199,9 @@ class Sequence3DHP:
     activity: np.ndarray
 
 
-def read_sequence(path: str | Path, *, name: str, joints3d_key: str = "annot3") -> Sequence3DHP:
-    """One ``annot_data.mat`` -> :class:`Sequence3DHP` (see the module doc)."""
+def read_sequence(path: str | Path, *, name: str, joints3d_key: str = DEFAULT_JOINTS3D) -> Sequence3DHP:
+    """One ``annot_data.mat`` -> :class:`Sequence3DHP` (see the module doc). The 3D joints must be
+    millimetres, as released: values already in metres are refused (:func:`check_units`)."""
     path = Path(path)
     m = read_mat(path, ("annot2", "annot3", "univ_annot3", "valid_frame", "activity_annotation"))
     for k in ("annot2", joints3d_key, "valid_frame"):
@@ -203,7 +212,7 @@ def read_sequence(path: str | Path, *, name: str, joints3d_key: str = "annot3") 
                 field=k,
                 expected="MPI-INF-3DHP test annotations: annot2, annot3, univ_annot3, valid_frame",
             )
-    j3 = joints_from_mat(m[joints3d_key], coords=3, file=path, fld=joints3d_key) / 1000.0
+    j3 = joints_from_mat(m[joints3d_key], coords=3, file=path, fld=joints3d_key)  # mm
     j2 = joints_from_mat(m["annot2"], coords=2, file=path, fld="annot2")
     n = j3.shape[0]
     if j2.shape[0] != n:
@@ -225,6 +234,8 @@ def read_sequence(path: str | Path, *, name: str, joints3d_key: str = "annot3") 
             expected="finite values wherever valid_frame is set",
         )
     j3 = np.where(finite[:, None, None], j3, 0.0)[:, list(MPI_TO_H36M)]
+    check_units(j3, file=path, field=joints3d_key, unit="mm", valid=valid & finite)
+    j3 = j3 / 1000.0
     j2 = np.where(finite[:, None, None], j2, 0.0)[:, list(MPI_TO_H36M)]
     act = np.zeros(n, np.int64) if activity is None else np.nan_to_num(activity).astype(np.int64)
     return Sequence3DHP(name=name, joints3d=j3, joints2d=j2, valid=valid & finite, activity=act)

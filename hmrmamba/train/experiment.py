@@ -142,6 +142,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     from hmrmamba.train import Trainer, make_loader, seed_everything
     from hmrmamba.train.checkpoint import load_checkpoint
     from hmrmamba.train.objectives import validation
+    from hmrmamba.train.optim import NO_DECAY_RULE, build_adamw
 
     p = dict(params[stage])
     validate_params({stage: p})  # also when called without execute(), e.g. from a notebook
@@ -175,12 +176,13 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
         model.set_feature_stats(feats.mean(0), feats.std(0))
         if maps:
             model.set_map_stats(*map_statistics(train.arrays["spatial"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+    # no weight decay on A_log, D, norms and biases (hmrmamba.train.optim)
+    optimizer = build_adamw(model, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
     loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)
     image_size = float(train.split.attrs["image_size"])
     ckpt_dir = checkpoint_dir(params, layout, stage)
-    config = {"model": cfg, "experiment": exp, "stage": stage, "train": p,
+    config = {"model": cfg, "experiment": exp, "stage": stage, "train": p, "optimizer": NO_DECAY_RULE,
               "inputs": input_fingerprint([train.split.path, val.split.path] + ([init_from] if init_from else []))}
     # every input is read and checked before anything on disk is touched: a refused loss weight or a
     # missing key must never cost the user the checkpoints of an earlier run

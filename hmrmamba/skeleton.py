@@ -1,11 +1,22 @@
 """Joint sets, kinematic trees, left/right flips and kinematic scan orders.
 
-Each joint set is a :class:`JointSet` with names, parents (``-1`` for the root), the index
-permutation that swaps left and right, and a *kinematic scan order*: a permutation of the joints
-that walks along the limbs, so that neighbouring tokens in the scan are (mostly) connected by a
-bone. The dual-scan Mamba block (paper eq. 10) scans tokens once in index order (global scan) and
-once in this order (local scan); :func:`to_scan_order` and :func:`from_scan_order` move a tensor
-between the two and invert each other exactly.
+Each joint set is a :class:`JointSet` with names, parents (``-1`` for the root) and the index
+permutation that swaps left and right. The dual-scan Mamba block (paper eq. 10) scans tokens once in
+index order (global scan) and once in a *kinematic* order (local scan), one of :data:`KINEMATIC_SCANS`:
+
+- ``"tree"``: :attr:`JointSet.tree_walk`, a depth-first walk of the kinematic tree from the root,
+  children in index order. A joint with several children is visited again before each further child
+  (a *return step*: leaf -> that branching joint), so every chain is read from the joint it hangs
+  from and every other step follows a bone. H36M-17 (21 tokens, pelvis and thorax three times each)::
+
+      pelvis r_hip r_knee r_ankle | pelvis l_hip l_knee l_ankle | pelvis spine thorax neck head |
+      thorax l_shoulder l_elbow l_wrist | thorax r_shoulder r_elbow r_wrist
+
+  The outputs at a joint's visits are averaged back into one token (``ScanLayout.from_seq``).
+- ``"limbs"``: :attr:`JointSet.scan_order`, the first version's permutation (each joint once, three
+  jumps between chains, the arms never touch the thorax); kept so that checkpoints trained with it
+  rebuild exactly. :func:`to_scan_order` and :func:`from_scan_order` move a tensor between it and
+  index order and invert each other exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +56,28 @@ class JointSet:
         inv[list(self.scan_order)] = np.arange(self.num_joints)
         return tuple(int(i) for i in inv)
 
+    @property
+    def children(self) -> tuple[tuple[int, ...], ...]:
+        """``children[j]``: the joints whose parent is j, in index order."""
+        return tuple(tuple(c for c, p in enumerate(self.parents) if p == j) for j in range(self.num_joints))
+
+    @property
+    def tree_walk(self) -> tuple[int, ...]:
+        """Depth-first walk from the root, children in index order, a branching joint revisited
+        before each of its further children: J + (leaves - 1) entries, every joint at least once."""
+        children = self.children
+        walk: list[int] = []
+
+        def visit(j: int) -> None:
+            walk.append(j)
+            for k, c in enumerate(children[j]):
+                if k:  # return step: back to the branching joint before its next chain
+                    walk.append(j)
+                visit(c)
+
+        visit(self.root)
+        return tuple(walk)
+
     def index(self, joint_name: str) -> int:
         try:
             return self.names.index(joint_name)
@@ -79,7 +112,7 @@ H36M17 = JointSet(
            "left_wrist", "right_shoulder", "right_elbow", "right_wrist"),
     parents=(-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15),
     flip=(0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13),
-    # right foot -> pelvis -> left foot | spine -> head | left hand -> right hand
+    # "limbs" (first version): right foot -> pelvis -> left foot | spine -> head | left hand -> right hand
     scan_order=(3, 2, 1, 0, 4, 5, 6, 7, 8, 9, 10, 13, 12, 11, 14, 15, 16),
 )
 
@@ -124,6 +157,20 @@ MPI_TO_H36M = (14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4)
 
 #: H36M-17 evaluation joints of the PMCE/ARTS protocol (pelvis, spine-less set of 14).
 H36M_EVAL14 = (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16)
+
+
+#: The local (kinematic) scan orders a dual-scan block can walk: see the module docstring.
+KINEMATIC_SCANS = ("tree", "limbs")
+
+
+def kinematic_scan(joint_set: JointSet, kind: str) -> tuple[int, ...]:
+    """The local scan's joint sequence: ``"tree"`` -> :attr:`JointSet.tree_walk` (revisits the
+    branching joints), ``"limbs"`` -> :attr:`JointSet.scan_order` (a permutation)."""
+    if kind == "tree":
+        return joint_set.tree_walk
+    if kind == "limbs":
+        return joint_set.scan_order
+    raise InputError(f"unknown kinematic scan {kind!r}", field="kinematic_scan", expected=" | ".join(KINEMATIC_SCANS))
 
 
 def get_joint_set(name: str) -> JointSet:

@@ -96,8 +96,8 @@ def test_kinematic_layouts_put_joints_in_scan_order():
 
 
 def test_layout_rejects_bad_orders_and_shapes():
-    with pytest.raises(ValueError, match="permutation"):
-        ScanLayout("spatial", (0, 0, 1))
+    with pytest.raises(ValueError, match="misses joints"):
+        ScanLayout("spatial", (0, 0, 2))  # revisits are allowed (a walk), skipping joint 1 is not
     with pytest.raises(ValueError, match="axis"):
         ScanLayout("diagonal")
     with pytest.raises(ValueError, match=r"\(B, T, J, C\)"):

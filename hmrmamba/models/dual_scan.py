@@ -7,13 +7,16 @@ of 1-D sequences ``(N, L, C)`` for one Mamba scan and maps the outputs back, exa
 layout                 sequences (N, L)        order inside a sequence
 =====================  =====================  =============================================
 spatial, global        (B*T, J)                joint index 0..J-1 (one frame per sequence)
-spatial, kinematic     (B*T, J)                the joint set's kinematic scan order
+spatial, kinematic     (B*T, L)                the kinematic scan order (L = J, or more for a
+                                               walk that revisits joints: ``JointSet.tree_walk``)
 temporal, global       (B*J, T)                time (one joint per sequence)
-temporal, kinematic    (B, J*T)                joint by joint along the kinematic scan order,
+temporal, kinematic    (B, L*T)                joint by joint along the kinematic scan order,
                                                all frames of a joint before the next joint
-temporal, kinematic,   (B, T*J)                frame by frame; inside a frame the joints in the
+temporal, kinematic,   (B, T*L)                frame by frame; inside a frame the joints in the
 time-major (causal)                            kinematic scan order (the causal layout)
 =====================  =====================  =============================================
+
+A walk's revisited joints are scanned once per visit and their outputs averaged back into one token.
 
 The temporal kinematic layout is our reading of "processes temporal dynamics along kinematic
 chains" (paper §3.3): one long sequence per clip that runs through time within a joint and then
@@ -25,6 +28,8 @@ Block (pre-norm, like a transformer block)::
     h = LN1(x)
     dual: O = SiLU(Conv1D(O_global)) * O_local      O_global = Mamba_g(h in global layout)
                                                     O_local  = Mamba_l(h in kinematic layout), mapped back
+          bidirectional=True: each branch's Mamba_x(s) is (Mamba_x(s) + flip(Mamba_x_rev(flip(s)))) / 2,
+          Mamba_x_rev with its own parameters (Vim's convention), before the branch's conv / mapping back
     bi:   O = (Mamba_f(h) + flip(Mamba_b(flip(h)))) / 2     (Vim; global layout only: "vanilla")
     x = x + DropPath(O)
     x = x + DropPath(MLP(LN2(x)))
@@ -32,7 +37,7 @@ Block (pre-norm, like a transformer block)::
 The Conv1D runs along the global sequence axis (joint index or time), ``dim -> dim`` channels,
 ``fusion_kernel`` taps, "same" padding.
 
-Causal form (``causal=True``, temporal axis, dual scan only): no token depends on a later frame.
+Causal form (``causal=True``, temporal axis, dual scan only, one-way): no token depends on a later frame.
 The kinematic scan runs in the time-major layout (one sequence per clip, frame after frame), the
 fusion Conv1D is padded on the left only (taps at t-k+1..t) and the index-order scan is a forward
 Mamba over time already. Parameter names and shapes are those of the non-causal block. Its
@@ -96,9 +101,11 @@ class ScanLayout:
     """How (B, T, J, C) tokens become (N, L, C) sequences for one scan, and back.
 
     ``axis``: ``"spatial"`` (sequences over joints, one per frame) or ``"temporal"``.
-    ``order``: a joint permutation (kinematic scan order) or ``None`` for index/time order.
+    ``order``: the joints in scan order, or ``None`` for index/time order. It is a permutation of
+    0..J-1 or a *walk* that visits some joints more than once (``JointSet.tree_walk``): then the scan
+    reads L = len(order) tokens per frame and :meth:`from_seq` averages each joint's visits.
     A temporal layout with an ``order`` is the joint-major "along kinematic chains" layout, or with
-    ``time_major`` the causal one: (B, T*J), frame after frame, joints in ``order`` inside a frame.
+    ``time_major`` the causal one: (B, T*L), frame after frame, joints in ``order`` inside a frame.
     """
 
     axis: str
@@ -108,33 +115,52 @@ class ScanLayout:
     def __post_init__(self) -> None:
         if self.axis not in AXES:
             raise InputError(f"unknown axis {self.axis!r}", field="axis", expected=" | ".join(AXES))
-        if self.order is not None and sorted(self.order) != list(range(len(self.order))):
-            raise InputError(f"order {self.order} is not a permutation", field="order",
-                             expected="a permutation of 0..J-1")
+        if self.order is not None and sorted(set(self.order)) != list(range(len(set(self.order)))):
+            raise InputError(f"order {self.order} misses joints", field="order",
+                             expected="a permutation of 0..J-1, or a walk visiting each of 0..J-1 at least once")
+
+    @property
+    def num_joints(self) -> int | None:
+        """J: the joints this layout's order covers (None for index order: any J)."""
+        return None if self.order is None else len(set(self.order))
+
+    @property
+    def revisits(self) -> bool:
+        """True when the order visits some joint more than once (a walk, not a permutation)."""
+        return self.order is not None and len(self.order) != len(set(self.order))
 
     @property
     def inverse(self) -> tuple[int, ...] | None:
-        """inv with ``order[inv[j]] == j``: position of joint j in the scan."""
-        if self.order is None:
+        """inv with ``order[inv[j]] == j``: position of joint j in the scan (permutations only)."""
+        if self.order is None or self.revisits:
             return None
         inv = [0] * len(self.order)
         for pos, joint in enumerate(self.order):
             inv[joint] = pos
         return tuple(inv)
 
+    @property
+    def visits(self) -> tuple[int, ...] | None:
+        """How many times the scan visits each joint, (J,) in index order (None for index order)."""
+        if self.order is None:
+            return None
+        return tuple(self.order.count(j) for j in range(self.num_joints))
+
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise InputError(f"has shape {tuple(x.shape)}", field="tokens", expected="(B, T, J, C)")
-        if self.order is not None and x.shape[2] != len(self.order):
+        if self.order is not None and x.shape[2] != self.num_joints:
             raise InputError(f"has {x.shape[2]} joints", field="tokens",
-                             expected=f"J = {len(self.order)} for this scan order")
+                             expected=f"J = {self.num_joints} for this scan order")
 
     def to_seq(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, J, C) -> (N, L, C) sequences in this layout's scan order."""
+        """x: (B, T, J, C) -> (N, L, C) sequences in this layout's scan order (a walk repeats the
+        revisited joints' tokens)."""
         self._check(x)
         b, t, j, c = x.shape
         if self.order is not None:
             x = x.index_select(2, torch.as_tensor(self.order, device=x.device))
+            j = len(self.order)
         if self.axis == "spatial":
             return x.reshape(b * t, j, c)
         if self.order is None:
@@ -144,16 +170,23 @@ class ScanLayout:
         return x.permute(0, 2, 1, 3).reshape(b, j * t, c)
 
     def from_seq(self, y: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """y: (N, L, C) in this layout -> (B, T, J, C) in index order; ``shape`` is (B, T, J, C)."""
+        """y: (N, L, C) in this layout -> (B, T, J, C) in index order; ``shape`` is (B, T, J, C).
+        A walk's repeated visits of a joint are averaged (exact for a permutation: a reordering)."""
         b, t, j, _ = shape
         c = y.shape[-1]
+        steps = j if self.order is None else len(self.order)
         if self.axis == "spatial" or (self.time_major and self.order is not None):
-            x = y.reshape(b, t, j, c)
+            x = y.reshape(b, t, steps, c)
         else:
-            x = y.reshape(b, j, t, c).permute(0, 2, 1, 3)
-        if self.order is not None:
-            x = x.index_select(2, torch.as_tensor(self.inverse, device=y.device))
-        return x.contiguous()
+            x = y.reshape(b, steps, t, c).permute(0, 2, 1, 3)
+        if self.order is None:
+            return x.contiguous()
+        if not self.revisits:
+            return x.index_select(2, torch.as_tensor(self.inverse, device=y.device)).contiguous()
+        index = torch.as_tensor(self.order, device=y.device)
+        total = x.new_zeros(b, t, j, c).index_add(2, index, x)  # (B, T, J, C): sum over each joint's visits
+        counts = torch.as_tensor(self.visits, device=y.device, dtype=x.dtype)
+        return total / counts.view(1, 1, j, 1)
 
 
 @dataclass
@@ -175,7 +208,8 @@ class DualScanMambaBlock(nn.Module):
 
     def __init__(self, dim: int, *, axis: str, scan: str = "dual", kinematic_order: Sequence[int] | None = None,
                  d_state: int = 16, d_conv: int = 4, expand: float = 2, mlp_ratio: float = 4.0,
-                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto", causal: bool = False):
+                 fusion_kernel: int = 3, drop_path: float = 0.0, backend: str = "auto", causal: bool = False,
+                 bidirectional: bool = False):
         super().__init__()
         if scan not in SCAN_MODES:
             raise InputError(f"unknown scan {scan!r}", field="scan", expected=" | ".join(SCAN_MODES))
@@ -185,12 +219,20 @@ class DualScanMambaBlock(nn.Module):
             raise InputError(f"fusion_kernel={fusion_kernel}", field="fusion_kernel", expected="an odd number >= 1")
         if scan == "dual" and kinematic_order is None:
             raise InputError("scan='dual' needs the kinematic scan order", field="kinematic_order",
-                             expected="a permutation of the joints (JointSet.scan_order)")
+                             expected="the joints in scan order (JointSet.tree_walk or JointSet.scan_order)")
         if causal and scan != "dual":
             raise InputError(f"scan={scan!r} reads future frames and has no causal form", field="scan",
                              expected="'dual' when causal=True")
+        if bidirectional and scan != "dual":
+            raise InputError(f"bidirectional=True with scan={scan!r}", field="bidirectional",
+                             expected="scan='dual' (scan='bi' is bidirectional by construction)")
+        if bidirectional and causal and axis == "temporal":
+            raise InputError("a reversed temporal scan reads future frames", field="bidirectional",
+                             expected="False when causal=True on the temporal axis")
         self.axis = axis
         self.scan = scan
+        #: both dual-scan branches also scan their sequence reversed, with their own Mambas
+        self.bidirectional = bool(bidirectional)
         #: causal in time: only meaningful on the temporal axis (a spatial block sees one frame)
         self.causal = bool(causal) and axis == "temporal"
         self.global_layout = ScanLayout(axis)
@@ -201,6 +243,8 @@ class DualScanMambaBlock(nn.Module):
         if scan == "dual":
             self.global_mamba = Mamba(dim, **mamba_kw)
             self.local_mamba = Mamba(dim, **mamba_kw)
+            self.global_mamba_rev = Mamba(dim, **mamba_kw) if self.bidirectional else None
+            self.local_mamba_rev = Mamba(dim, **mamba_kw) if self.bidirectional else None
             self.fusion_conv = nn.Conv1d(dim, dim, fusion_kernel, padding=fusion_kernel // 2)
         else:
             self.bimamba = BiMamba(dim, bidirectional=True, merge="mean", **mamba_kw)
@@ -218,14 +262,25 @@ class DualScanMambaBlock(nn.Module):
             x = self.fusion_conv(x)
         return F.silu(x).transpose(1, 2)
 
+    @staticmethod
+    def scan_sequence(seq: torch.Tensor, forward: nn.Module, reverse: nn.Module | None) -> torch.Tensor:
+        """seq (N, L, C) -> (N, L, C): ``forward(seq)``, or with a ``reverse`` Mamba the mean of
+        ``forward(seq)`` and ``flip(reverse(flip(seq)))`` (flip along L)."""
+        out = forward(seq)
+        if reverse is None:
+            return out
+        return (out + reverse(seq.flip(1)).flip(1)) * 0.5
+
     def global_branch(self, h: torch.Tensor) -> torch.Tensor:
         """O_global after the gate, SiLU(Conv1D(Mamba_g(h))): h (B, T, J, C) -> (B, T, J, C)."""
-        seq = self.global_mamba(self.global_layout.to_seq(h))  # (N, L, C)
+        seq = self.scan_sequence(self.global_layout.to_seq(h), self.global_mamba,
+                                 self.global_mamba_rev)  # (N, L, C)
         return self.global_layout.from_seq(self._fuse(seq), h.shape)
 
     def local_branch(self, h: torch.Tensor) -> torch.Tensor:
         """O_local, the kinematic scan mapped back to index order: h (B, T, J, C) -> (B, T, J, C)."""
-        return self.local_layout.from_seq(self.local_mamba(self.local_layout.to_seq(h)), h.shape)
+        seq = self.scan_sequence(self.local_layout.to_seq(h), self.local_mamba, self.local_mamba_rev)
+        return self.local_layout.from_seq(seq, h.shape)
 
     def mix(self, h: torch.Tensor) -> torch.Tensor:
         """The token mixer on normalised tokens: h (B, T, J, C) -> (B, T, J, C)."""

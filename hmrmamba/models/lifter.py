@@ -13,7 +13,12 @@
 - Each of the ``depth`` layers: a spatial Dual-Scan Mamba block (over joints, per frame), the GA
   deformable attention (sampling image features around (t, keypoint)), and a temporal Dual-Scan Mamba
   block (over time). ``ga=False`` drops the GA modules; ``scan="bi"`` replaces the dual scan with a
-  Vim bidirectional scan (the "vanilla" variant of Table 4).
+  Vim bidirectional scan (the "vanilla" variant of Table 4). ``kinematic_scan`` picks the dual scan's
+  local order (``"tree"``: the depth-first walk of the kinematic tree; ``"limbs"``: the first
+  version's permutation, :mod:`hmrmamba.skeleton`); ``bidirectional`` makes both dual-scan branches
+  scan forward and reversed (a causal lifter's temporal blocks stay forward-only). The defaults are
+  the first version's, so configs saved without these keys rebuild the model they trained; the
+  variant table sets the current choice (docs/model.md).
 - Head: LayerNorm, then an MLP ``dim -> dim -> 3`` per token (``head="token"``, weights shared by
   all joints) or ``dim -> dim`` shared then a per-joint ``dim -> 3`` output layer (``head="joint"``).
 
@@ -43,7 +48,7 @@ from torch import nn
 from hmrmamba.errors import InputError
 from hmrmamba.models.dual_scan import DualScanMambaBlock, TemporalScanState
 from hmrmamba.models.ga_attention import GeometryAwareAttention
-from hmrmamba.skeleton import get_joint_set
+from hmrmamba.skeleton import get_joint_set, kinematic_scan as kinematic_scan_order
 
 __all__ = ["GeometryAwareLifter", "JointHead", "LifterState", "PoseEncoder", "check_inputs"]
 
@@ -222,7 +227,8 @@ class GeometryAwareLifter(nn.Module):
                  mlp_ratio: float = 4.0, fusion_kernel: int = 3, drop_path: float = 0.1,
                  use_conf: bool = True, backend: str = "auto", frame_pose: bool = False, head: str = "token",
                  use_feats: bool = True, feat_centre: bool = False, feat_dropout: float = 0.0,
-                 feat_proj: int | None = None, causal: bool = False, map_dim: int = 0):
+                 feat_proj: int | None = None, causal: bool = False, map_dim: int = 0,
+                 kinematic_scan: str = "limbs", bidirectional: bool = False):
         super().__init__()
         js = get_joint_set(joint_set)
         if js.num_joints != num_joints:
@@ -257,17 +263,21 @@ class GeometryAwareLifter(nn.Module):
                                    feat_centre=feat_centre, feat_dropout=feat_dropout, feat_proj=feat_proj,
                                    causal=self.causal)
         rates = [drop_path * i / max(1, 2 * depth - 1) for i in range(2 * depth)]  # stochastic depth, linear
-        block_kw = {"scan": scan, "kinematic_order": js.scan_order, "d_state": d_state, "d_conv": d_conv,
+        order = kinematic_scan_order(js, kinematic_scan)
+        both = bool(bidirectional) and scan == "dual"  # scan="bi" is bidirectional already
+        block_kw = {"scan": scan, "kinematic_order": order, "d_state": d_state, "d_conv": d_conv,
                     "expand": expand, "mlp_ratio": mlp_ratio, "fusion_kernel": fusion_kernel, "backend": backend}
         self.spatial_blocks = nn.ModuleList(
-            [DualScanMambaBlock(dim, axis="spatial", drop_path=rates[2 * i], **block_kw) for i in range(depth)])
+            [DualScanMambaBlock(dim, axis="spatial", drop_path=rates[2 * i], bidirectional=both, **block_kw)
+             for i in range(depth)])
         self.ga_blocks = nn.ModuleList(
             [GeometryAwareAttention(dim, feat_dim=self.encoder.feat_out, num_heads=ga_heads, num_points=ga_points,
                                     lookback=max_frames - 1 if self.causal else None,
                                     value_dim=self.map_dim or None)
              for _ in range(depth)]) if ga else None
         self.temporal_blocks = nn.ModuleList(
-            [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], causal=self.causal, **block_kw)
+            [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], causal=self.causal,
+                                bidirectional=both and not self.causal, **block_kw)
              for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = (nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3)) if head == "token"

@@ -142,11 +142,15 @@ _SHARED = ("num_joints", "joint_set", "feat_dim", "max_frames", "causal")
 
 _PAPER_COMMON = {"num_joints": 17, "joint_set": "h36m17", "feat_dim": 2048, "max_frames": 16}
 
+#: ``kinematic_scan``/``bidirectional``: the dual scan's local order (the depth-first tree walk) and
+#: one-way branches, chosen by benchmarks/bench_scan_order.py (docs/model.md); a saved config without
+#: them rebuilds with the lifter's defaults, the first version's ("limbs", one-way).
 #: ``map_dim``: channels of the feature maps GA samples at the joints (eq. 8): SPIN's layer4 (2048) at
 #: paper size; the training stages set it from the cached features (0 when none are cached).
 _STA_S = {"kind": "sta-mamba", "dim": 256, "depth": 3, "scan": "dual", "ga": True, "ga_heads": 8,
           "ga_points": 4, "d_state": 16, "d_conv": 4, "expand": 2, "mlp_ratio": 4.0, "fusion_kernel": 3,
-          "drop_path": 0.1, "use_conf": True, "backend": "auto", "map_dim": 2048}
+          "drop_path": 0.1, "use_conf": True, "backend": "auto", "map_dim": 2048,
+          "kinematic_scan": "tree", "bidirectional": False}
 
 _RECON_PAPER = {"context": "motion", "em": True, "im": True, "motion_dim": 192, "motion_heads": 8,
                 "gru_hidden": 1024, "gru_layers": 2, "context_dim": None, "decoder_dim": 64, "decoder_depth": 3,

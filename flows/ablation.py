@@ -4,10 +4,11 @@
     python flows/ablation.py --rows ga full vanilla --max-parallel 2 -- train_lift.epochs=2
 
 Each row is a train_lift -> train_mesh -> evaluate chain in its own scratch project (see
-:mod:`flows.common`), run as parallel tasks (``--max-parallel``; default: CPU cores / runtime.threads,
-1 on a GPU). Rows in parallel share torch's global RNG, so only ``--max-parallel 1`` gives runs that are
-bitwise reproducible. The flow ends with a comparison table (Prefect artifact, ``plots/ablation.csv``,
-``plots/ablation.png``) built from the rows' MLflow runs.
+:mod:`flows.common`); rows with GA on train the same lifter, so their stage 1 runs once and their stage 2
+starts from it. Each task runs in its own worker process of a Dask cluster (``--max-parallel`` processes;
+default: ``flows.workers``, else CPU cores / runtime.threads, 1 on a GPU; ``flows.scheduler`` names an
+existing cluster), so a row gives the same bits alone or beside others. The flow ends with a comparison
+table (Prefect artifact, ``plots/ablation.csv``, ``plots/ablation.png``) built from the rows' MLflow runs.
 """
 
 from __future__ import annotations

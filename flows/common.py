@@ -3,9 +3,12 @@ running stage graphs and variant chains, and Prefect artifacts.
 
 Variants (ablation rows, 2D detectors) each run in a scratch project ``<root>/outputs/flows/<flow>/<row>/``
 that holds their own ``params.yaml``, ``models/``, ``metrics/`` and ``plots/``, with ``data`` a symlink
-to ``<root>/data``. The stages then write exactly the files they write under DVC, with nothing shared
-between variants but the read-only data, and a rerun resumes each variant's checkpoints. All runs log to
-the project's MLflow store (``tracking.uri`` is made absolute for the scratch projects).
+to ``<root>/data``. The stages then write exactly the files they write under DVC, and a rerun resumes each
+variant's checkpoints. Rows whose stage 1 would be identical (Table-3 rows that differ in EM/IM only) share
+one stage-1 run in ``<root>/outputs/flows/<flow>/stage1-<key>/``: besides the read-only data, that is all
+they share. Every row task runs in its own process (Prefect's Dask task runner, :func:`row_task_runner`) and
+seeds itself first, so the same params give the same bits alone or beside other rows. All runs log to the
+project's MLflow store (``tracking.uri`` is made absolute for the scratch projects).
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from typing import Any
 
 import yaml
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import PrefectFuture, as_completed, wait
+from prefect.futures import PrefectFuture, wait
 
 from hmrmamba.atomic import atomic_path
 from hmrmamba.config import find_project_root, flatten, home_root, load_params
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
-from tasks.stages import run_chain, stage_task
+from tasks.stages import row_threads, run_chain, stage_task
 
 #: The stages that make the data every variant shares, in order.
 DATA_STAGES: tuple[str, ...] = ("body_model", "prepare", "detect2d", "features")
@@ -43,7 +46,10 @@ def comparison_parser(prog: str, description: str, *, what: str) -> argparse.Arg
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--root", help="project root (default: the nearest directory holding params.yaml)")
     parser.add_argument("--profile", help="compose params from conf/ with this profile")
-    parser.add_argument("--max-parallel", type=int, help=f"{what} training at once")
+    parser.add_argument("--max-parallel", type=int,
+                        help=f"{what} training at once: worker processes of the local Dask cluster (default: "
+                             "flows.workers, else CPU cores / runtime.threads; 1 on a GPU). Set flows.scheduler="
+                             "ADDRESS as an override to run on an existing Dask cluster instead")
     parser.add_argument("--no-prepare-data", action="store_true", help="fail instead of making missing data")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train_lift.epochs=2")
     return parser
@@ -110,13 +116,13 @@ def flow_run_id() -> str:
 
 
 def default_parallel(params: Mapping[str, Any]) -> int:
-    """How many variants may train at once: CPU cores / ``runtime.threads``; 1 on a GPU or with threads 0."""
+    """How many variants may train at once: CPU cores / the threads of one row (``runtime.threads``, or 1 when
+    that is 0: :func:`tasks.stages.row_threads`); 1 on a GPU."""
     import torch
 
-    threads = int(params.get("runtime", {}).get("threads", 0) or 0)
-    if torch.cuda.is_available() or threads <= 0:
+    if torch.cuda.is_available():
         return 1
-    return max(1, (os.cpu_count() or 1) // threads)
+    return max(1, (os.cpu_count() or 1) // row_threads(params))
 
 
 def data_ready(root: Path) -> bool:
@@ -253,30 +259,167 @@ def scratch_project(root: Path, flow_name: str, label: str, params: Mapping[str,
     return path
 
 
-def run_variants(variants: Sequence[Variant], *, root: Path, flow_name: str, params: Mapping[str, Any],
-                 uri: str, base_tags: Mapping[str, str], parent_run_id: str, max_parallel: int
-                 ) -> dict[str, PrefectFuture]:
-    """Run :data:`CHAIN` for every variant in its scratch project, at most ``max_parallel`` at once.
+def row_task_runner(params: Mapping[str, Any], workers: int | None = None, *, api_url: str | None = None):
+    """The Prefect task runner the rows run on: a ``DaskTaskRunner`` -> not started.
 
-    -> {label: future of the chain task}. A failed variant does not stop the others.
+    ``flows.scheduler`` set: the scheduler at that address (an existing cluster, which decides how many rows
+    run at once; its workers need this project installed and a Prefect API they can reach). Otherwise a
+    ``distributed.LocalCluster`` of ``workers`` (else ``flows.workers``, else :func:`default_parallel`) worker
+    processes with one thread each, listening on loopback only, started when the runner is entered and closed
+    with it; ``api_url`` is exported to them as ``PREFECT_API_URL``, so they report to the flow's Prefect
+    server (an ephemeral one too) instead of starting their own. Each row is one task, alone in its process.
     """
-    queue = list(variants)
-    futures: dict[str, PrefectFuture] = {}
-    in_flight: list[PrefectFuture] = []
-    while queue or in_flight:
-        while queue and len(in_flight) < max_parallel:
-            v = queue.pop(0)
-            p = variant_params(params, v, uri)
-            project = scratch_project(root, flow_name, v.label, p)
-            model, detector = str(p["experiment"]["variant"]), str(p["experiment"]["detector"])
-            tags = {**base_tags, "variant": model, "model": model, "detector2d": detector, **v.tags}
-            fut = run_chain.submit(list(CHAIN), root=project, params=p, label=v.label, tags=tags,
-                                   parent_run_id=parent_run_id)
-            futures[v.label] = fut
-            in_flight.append(fut)
-        done = next(as_completed(in_flight))
-        in_flight.remove(done)
-    return futures
+    from prefect_dask import DaskTaskRunner
+
+    settings = dict(params.get("flows") or {})
+    if settings.get("scheduler"):
+        return DaskTaskRunner(address=str(settings["scheduler"]))
+    n = int(workers or settings.get("workers") or default_parallel(params))
+    kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+                              "dashboard_address": None}
+    if api_url:
+        kwargs["env"] = {"PREFECT_API_URL": api_url}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def prefect_api_url() -> str:
+    """The URL of the Prefect API this process talks to (the ephemeral server's, when that is what runs)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
+def stage1_experiment(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """``experiment`` without the overrides that only change the reconstructor (stage 2): the canonical
+    experiment of the row's stage 1, so rows that differ in EM/IM only name the same stage-1 run."""
+    from hmrmamba.models.registry import resolve_config
+
+    def lifter_part(overrides: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = resolve_config(experiment["variant"], **overrides)
+        return {k: v for k, v in cfg.items() if k != "reconstructor"}
+
+    overrides = dict(experiment.get("overrides") or {})
+    full = lifter_part(overrides)
+    keep = {}
+    for key, value in overrides.items():
+        try:
+            same = lifter_part({k: v for k, v in overrides.items() if k != key}) == full
+        except InputError:
+            same = False
+        if not same:
+            keep[key] = value
+    return {"variant": experiment["variant"], "detector": experiment["detector"], "overrides": keep}
+
+
+def stage1_key(params: Mapping[str, Any]) -> str:
+    """A digest of everything the train_lift stage of a row depends on besides the shared data: the stage-1
+    experiment and lifter config, the ``train_lift`` section (less where it writes), the seed and the threads.
+    Rows with equal keys would train bit-identical lifters, so they share one."""
+    import hashlib
+    import json
+
+    from hmrmamba.models.registry import resolve_config
+
+    exp = stage1_experiment(params["experiment"])
+    cfg = resolve_config(exp["variant"], **exp["overrides"])
+    train = {k: v for k, v in dict(params["train_lift"]).items() if k not in ("checkpoint_dir", "log_checkpoint")}
+    what = {"experiment": exp, "lifter": {k: v for k, v in cfg.items() if k != "reconstructor"}, "train_lift": train,
+            "seed": params.get("seed", 0), "runtime": params.get("runtime")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How the variants of a flow run: one stage-1 run per distinct :func:`stage1_key`, then every row's
+    stage 2 from it. ``stage1``: key -> (label, params, row labels); ``rows``: label -> (key, params)."""
+
+    stage1: dict[str, tuple[str, dict[str, Any], list[str]]]
+    rows: dict[str, tuple[str, dict[str, Any]]]
+
+
+def plan_rows(variants: Sequence[Variant], *, root: Path, flow_name: str, params: Mapping[str, Any],
+              uri: str) -> RowPlan:
+    """Group ``variants`` by stage-1 key. A stage-1 run lives in ``<root>/outputs/flows/<flow>/stage1-<key>/``
+    (a rerun, whichever rows it selects, finds it there); each row's ``train_lift.checkpoint_dir`` is that
+    project's absolute ``models/lift``. Nothing is written."""
+    stage1: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
+    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    for v in variants:
+        p = variant_params(params, v, uri)
+        key = stage1_key(p)
+        if key not in stage1:
+            p1 = copy.deepcopy(p)
+            p1["experiment"] = stage1_experiment(p["experiment"])
+            stage1[key] = (f"stage1-{key}", p1, [])
+        stage1[key][2].append(v.label)
+        lift_dir = (root / SCRATCH / flow_name / stage1[key][0] / "models/lift").resolve()
+        p["train_lift"] = {**p["train_lift"], "checkpoint_dir": str(lift_dir)}
+        rows[v.label] = (key, p)
+    return RowPlan(stage1=stage1, rows=rows)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished task of the rows' runner: its final Prefect state (kept after the Dask cluster is gone)."""
+
+    state: Any
+
+    def result(self) -> Any:
+        return self.state.result()
+
+
+def _outcome(fut: PrefectFuture) -> Outcome:
+    """Wait for a Dask-backed future -> its final state; a lost worker is a Crashed state naming the error."""
+    from prefect.states import Completed, Crashed, State
+
+    try:
+        got = fut.wrapped_future.result()
+    except Exception as exc:  # noqa: BLE001 - the worker died or the cluster went away: report, do not hang
+        return Outcome(Crashed(message=f"{type(exc).__name__}: {exc}"))
+    return Outcome(got if isinstance(got, State) else Completed(data=got))
+
+
+def run_variants(variants: Sequence[Variant], *, root: Path, flow_name: str, params: Mapping[str, Any],
+                 uri: str, base_tags: Mapping[str, str], parent_run_id: str, workers: int | None = None
+                 ) -> dict[str, Outcome]:
+    """Run :data:`CHAIN` for every variant, each task in its own process on :func:`row_task_runner`.
+
+    Stage 1 runs once per distinct stage-1 configuration (:func:`plan_rows`), in its scratch project; each row
+    then runs train_mesh -> evaluate in its own scratch project from that checkpoint, after it. Every task
+    seeds itself first (:func:`tasks.stages.start_row`), so a row gives the same bits whether it runs alone or
+    beside others, on a fresh worker or a used one. The cluster is closed before this returns.
+
+    -> {label: outcome of the row's task}. A failed row does not stop the others; rows after a failed stage 1
+    end NotReady.
+    """
+    plan = plan_rows(variants, root=root, flow_name=flow_name, params=params, uri=uri)
+    projects = {key: scratch_project(root, flow_name, label, p1) for key, (label, p1, _) in plan.stage1.items()}
+    row_projects = {label: scratch_project(root, flow_name, label, p) for label, (_, p) in plan.rows.items()}
+    tags_of = {v.label: v for v in variants}
+
+    def tags(p: Mapping[str, Any], extra: Mapping[str, str]) -> dict[str, str]:
+        model, detector = str(p["experiment"]["variant"]), str(p["experiment"]["detector"])
+        return {**base_tags, "variant": model, "model": model, "detector2d": detector, **extra}
+
+    runner = row_task_runner(params, workers, api_url=prefect_api_url())
+    with runner:
+        first = {key: runner.submit(run_chain, parameters={
+            "stages": [CHAIN[0]], "root": projects[key], "params": p1,
+            "label": f"stage 1 of {', '.join(labels)}", "parent_run_id": parent_run_id,
+            "tags": tags(p1, {"stage1_rows": ",".join(labels), "stage1_key": key})})
+            for key, (_, p1, labels) in plan.stage1.items()}
+        futures = {label: runner.submit(run_chain, parameters={
+            "stages": list(CHAIN[1:]), "root": row_projects[label], "params": p, "label": label,
+            "tags": tags(p, {**tags_of[label].tags, "stage1_key": key}), "parent_run_id": parent_run_id,
+            "stage1_root": projects[key]}, wait_for=[first[key]])
+            for label, (key, p) in plan.rows.items()}
+        outcomes = {label: _outcome(f) for label, f in futures.items()}
+        stage1 = {key: _outcome(f) for key, f in first.items()}
+    # a row that did not run because its stage 1 failed reports that failure
+    return {label: stage1[key] if not outcomes[label].state.is_completed() and
+            (stage1[key].state.is_failed() or stage1[key].state.is_crashed()) else outcomes[label]
+            for label, (key, _) in plan.rows.items()}
 
 
 # -- Prefect artifacts -------------------------------------------------------------------------------

@@ -43,13 +43,14 @@ def summary_markdown(flow_name: str, *, params: Mapping[str, Any], uri: str, par
 @dataclass(frozen=True)
 class FlowSession:
     """What a flow over variants has once its checks passed and its data exist: the params (tracking URI
-    pinned), the store, the base tags, the MLflow parent run and how many variants may run at once."""
+    pinned), the store, the base tags, the MLflow parent run and the local worker processes asked for
+    (None: ``flows.workers`` or the default, see :func:`common.row_task_runner`)."""
 
     params: dict[str, Any]
     uri: str
     tags: dict[str, str]
     parent_run_id: str
-    parallel: int
+    workers: int | None
 
 
 @contextlib.contextmanager
@@ -73,7 +74,7 @@ def flow_session(flow_name: str, project: Path, params: Mapping[str, Any], *, ma
                                     tags_for=lambda stage: base_tags, parent_run_id=pid)
             common.raise_if_failed(data, "data stage")
         yield FlowSession(params=params, uri=uri, tags=base_tags, parent_run_id=pid,
-                          parallel=max_parallel or common.default_parallel(params))
+                          workers=max_parallel)
 
 
 def run_comparison(flow_name: str, *, root: str | None, profile: str | None, overrides: list[str] | None,
@@ -94,7 +95,7 @@ def run_comparison(flow_name: str, *, root: str | None, profile: str | None, ove
     with flow_session(flow_name, project, params, max_parallel=max_parallel, prepare_data=prepare_data) as fs:
         params, uri, base_tags, pid = fs.params, fs.uri, fs.tags, fs.parent_run_id
         futures = common.run_variants(variants, root=project, flow_name=flow_name, params=params, uri=uri,
-                                      base_tags=base_tags, parent_run_id=pid, max_parallel=fs.parallel)
+                                      base_tags=base_tags, parent_run_id=pid, workers=fs.workers)
         results = {k: f.result() for k, f in futures.items() if f.state.is_completed()}
         table, plots = None, []
         if results:

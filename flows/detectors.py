@@ -4,8 +4,9 @@
     python flows/detectors.py --detectors cpn gt -- train_lift.epochs=2
 
 The detect2d stage makes every source in ``detect2d.sources`` at once; each detector is then a
-train_lift -> train_mesh -> evaluate chain in its own scratch project (see :mod:`flows.common`), run as
-parallel tasks, ending in a comparison table (Prefect artifact, ``plots/detectors.csv`` and ``.png``).
+train_lift -> train_mesh -> evaluate chain in its own scratch project (see :mod:`flows.common`), its
+tasks each in a worker process of a Dask cluster (as in :mod:`flows.ablation`), ending in a comparison
+table (Prefect artifact, ``plots/detectors.csv`` and ``.png``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
     python flows/results.py --max-parallel 2 -- results.seeds=[0]
 
 Each distinct run (see :mod:`hmrmamba.results`) is a train_lift -> train_mesh -> evaluate chain in its own
-scratch project ``outputs/flows/results/<run>/`` (see :mod:`flows.common`), run as parallel tasks; a rerun
-resumes finished and half-finished runs from their checkpoints. The flow ends by writing
+scratch project ``outputs/flows/results/<run>/`` (see :mod:`flows.common`; runs with the same stage 1
+share it), each task in a worker process of a Dask cluster (as in :mod:`flows.ablation`); a rerun resumes
+finished and half-finished runs from their checkpoints. The flow ends by writing
 ``results.output`` (default ``docs/results.md``) and ``results.json`` beside it, and publishing the markdown
 as a Prefect artifact. ``hmrmamba results`` re-renders the document from the finished runs.
 """
@@ -45,7 +46,7 @@ def results(root: str | None = None, profile: str | None = None, overrides: list
     with comparison.flow_session(FLOW, project, params, max_parallel=max_parallel,
                                  prepare_data=prepare_data) as fs:
         futures = common.run_variants(variants(plan), root=project, flow_name=FLOW, params=fs.params, uri=fs.uri,
-                                      base_tags=fs.tags, parent_run_id=fs.parent_run_id, max_parallel=fs.parallel)
+                                      base_tags=fs.tags, parent_run_id=fs.parent_run_id, workers=fs.workers)
         common.raise_if_failed(futures, "run")
         path = R.write_document(project, fs.params, command="python flows/results.py")
         common.log_parent_artifacts(fs.uri, fs.parent_run_id, [path, path.with_suffix(".json")])

@@ -61,6 +61,12 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class FlowsSettings:
+    workers: int | None = None  # local Dask worker processes; None: CPU cores / runtime.threads (1 on a GPU)
+    scheduler: str | None = None  # a running Dask scheduler's address; None: a local cluster per flow
+
+
+@dataclass(frozen=True)
 class TrackingSettings:
     uri: str | None = None  # null: sqlite:///<project>/mlflow.db
     fallback_local: bool = False
@@ -318,6 +324,7 @@ class Settings:
     profile: str = "default"
     seed: int = 0
     runtime: RuntimeSettings = _section(RuntimeSettings)
+    flows: FlowsSettings = _section(FlowsSettings)
     tracking: TrackingSettings = _section(TrackingSettings)
     dataset: DatasetSettings = _section(DatasetSettings)
     body_model: BodyModelSettings = _section(BodyModelSettings)

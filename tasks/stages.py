@@ -78,14 +78,74 @@ def stage_task(stage: str) -> Task:
     return run_stage.with_options(name=stage, retries=RETRIES.get(stage, 0))
 
 
+def row_threads(params: Mapping[str, Any]) -> int:
+    """torch CPU threads of one row: ``runtime.threads``, or 1 when that is 0 (torch's default would take every
+    core in every worker process)."""
+    return int((params.get("runtime") or {}).get("threads", 0) or 0) or 1
+
+
+def start_row(params: Mapping[str, Any]) -> None:
+    """What a row does first in whatever worker process it lands in: bound torch's threads (:func:`row_threads`),
+    switch torch to deterministic algorithms and seed ``random``, numpy and torch with the top-level ``seed``,
+    so nothing an earlier task left in that process (RNG draws, thread settings) reaches the row. The training
+    stages seed again from their own seed.
+
+    Deterministic algorithms because with 2 CPU threads stage 2 is not bitwise repeatable even alone (51 of
+    225 tensors differed between two runs in one process; none with 1 thread or with this switch). Ops that
+    have no deterministic form (some CUDA kernels) warn instead of failing the row.
+    """
+    import torch
+
+    from hmrmamba.train.seed import seed_everything, set_deterministic
+
+    torch.set_num_threads(row_threads(params))
+    set_deterministic(True)  # also cuDNN's deterministic mode and the cuBLAS workspace setting on CUDA
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(int(params.get("seed", 0) or 0))
+
+
+#: What a row's project gets from the shared stage-1 project: the stage's metrics and curves.
+STAGE1_FILES = ("metrics/train_lift.json", "plots/train_lift_curve.csv", "plots/train_lift_curve.png")
+
+
+def adopt_stage1(stage1_root: Path, root: Path) -> dict:
+    """Copy the stage-1 metrics and curves of ``stage1_root`` into project ``root`` -> the stage-1 metrics.
+
+    The row's ``train_lift.checkpoint_dir`` points at ``stage1_root``'s checkpoints; the copies make the row's
+    project read as a whole run (``metrics/*.json`` of every stage), as under DVC.
+    """
+    import json
+    import shutil
+
+    from hmrmamba.atomic import atomic_path
+    from hmrmamba.errors import MissingFileError
+
+    source = Path(stage1_root) / STAGE1_FILES[0]
+    if not source.is_file():
+        raise MissingFileError("the shared stage 1 has not finished", file=source,
+                               expected="the train_lift stage of the rows' stage-1 project")
+    for name in STAGE1_FILES:
+        src, dst = Path(stage1_root) / name, Path(root) / name
+        if src.is_file():
+            with atomic_path(dst, suffix=dst.suffix) as tmp:
+                shutil.copyfile(src, tmp)
+    return json.loads(source.read_text())
+
+
 @task(name="variant", task_run_name="{label}", cache_policy=NO_CACHE)
 def run_chain(stages: Sequence[str], *, root: Path, params: Mapping[str, Any], label: str,
-              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> dict[str, dict]:
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+              stage1_root: Path | None = None) -> dict[str, dict]:
     """Run ``stages`` one after another in ``root`` (each its own nested stage task) -> {stage: metrics}.
 
-    A failing stage fails this task with the stage's error; later stages do not run.
+    The row starts with :func:`start_row`. With ``stage1_root`` (a project whose train_lift has run, which
+    ``params``' ``train_lift.checkpoint_dir`` names), its stage-1 metrics and curves are copied in first and
+    returned as ``train_lift``. A failing stage fails this task with the stage's error; later stages do not run.
     """
+    start_row(params)
     out: dict[str, dict] = {}
+    if stage1_root is not None:
+        out["train_lift"] = adopt_stage1(Path(stage1_root), Path(root))
     for stage in stages:
         out[stage] = stage_task(stage)(stage, root=root, params=params, label=label, tags=tags,
                                        parent_run_id=parent_run_id)

@@ -32,7 +32,7 @@ def make_inputs(root: Path, tmp: Path, *, sequence: int, size: tuple[int, int] |
     from hmrmamba.config import load_params
     from hmrmamba.data.h5schema import Field, open_h5, read_table
     from hmrmamba.layout import Layout
-    from hmrmamba.video import write_video
+    from hmrmamba.data.video import write_video
 
     layout = Layout(root)
     params = load_params(root / "params.yaml")

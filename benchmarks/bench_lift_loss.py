@@ -18,7 +18,7 @@ import torch
 from hmrmamba.config import find_project_root
 from hmrmamba.data.loading import load_split_arrays
 from hmrmamba.layout import Layout
-from hmrmamba.losses import LiftLossWeights, lift_loss
+from hmrmamba.train.losses import LiftLossWeights, lift_loss
 from hmrmamba.models.registry import build
 
 #: (label, weights or None for plain MPJPE)

@@ -6,7 +6,7 @@ then train_mesh from its best checkpoint) in a temporary project that links this
 
 - offline: centred stride-1 windows, middle frame scored (the evaluation protocol), both models;
 - online: ``tiny-online`` stepped frame by frame through each sequence with
-  :class:`hmrmamba.online.OnlineModel` (recurrent state carried, no window re-run);
+  :class:`hmrmamba.demo.streaming.OnlineModel` (recurrent state carried, no window re-run);
 
 and measures the per-frame latency of one online step (its parts: crop + ResNet-50 feature, lifter
 step, reconstructor step) against re-running a 16-frame window per frame. Prints markdown tables.
@@ -47,7 +47,7 @@ def train(root: Path, params: dict, variant: str, lift_epochs: int, mesh_epochs:
 
 
 def evaluate(model, data, pred) -> dict[str, float]:
-    from hmrmamba.evaluate import evaluate_predictions
+    from hmrmamba.evaluate.protocol import evaluate_predictions
 
     summary, _, _ = evaluate_predictions(pred, data)
     return {k: summary[k] for k in ("mpjpe", "pa_mpjpe", "accel")}
@@ -56,8 +56,8 @@ def evaluate(model, data, pred) -> dict[str, float]:
 @torch.no_grad()
 def predict_online(model, data):
     """Every test sequence streamed frame by frame -> Predictions (one row per frame)."""
-    from hmrmamba.evaluate import Predictions
-    from hmrmamba.online import OnlineModel
+    from hmrmamba.evaluate.protocol import Predictions
+    from hmrmamba.demo.streaming import OnlineModel
 
     online = OnlineModel(model)
     a = data.arrays
@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from hmrmamba.data.loading import load_split_arrays
-    from hmrmamba.evaluate import predict_split
+    from hmrmamba.evaluate.protocol import predict_split
     from hmrmamba.stages.evaluate import load_trained
 
     home = find_project_root()

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from hmrmamba.efficiency import scan_inputs
+from hmrmamba.efficiency.benchmark import scan_inputs
 from hmrmamba.ssm.scan import selective_scan, selective_scan_ref
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

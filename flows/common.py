@@ -94,7 +94,7 @@ def check_experiment(params: Mapping[str, Any], *, file: str = "params.yaml") ->
 
 def tracking_uri(root: Path, params: Mapping[str, Any]) -> str:
     """The MLflow store every run of the flow logs to (checked now: an unreachable server fails early)."""
-    from hmrmamba.tracking import resolve_tracking_uri
+    from hmrmamba.mlflow_runs import resolve_tracking_uri
 
     return resolve_tracking_uri(root, params.get("tracking"))
 
@@ -138,11 +138,10 @@ def ensure_experiments(root: Path, uri: str, names: Sequence[str]) -> None:
     scratch project, which would otherwise create them)."""
     import mlflow
 
-    from hmrmamba import tracking
-
+    from hmrmamba import mlflow_runs
     mlflow.set_tracking_uri(uri)
     for name in names:
-        tracking._experiment_id(mlflow, name, home_root(root) / "mlartifacts")
+        mlflow_runs._experiment_id(mlflow, name, home_root(root) / "mlartifacts")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from typing import Any
 
 from flows import common
 from flows.pipeline import GRAPH
-from hmrmamba.compare import comparison_table, markdown_table, write_comparison
+from hmrmamba.report.compare import comparison_table, markdown_table, write_comparison
 from hmrmamba.errors import InputError, MissingFileError
 
 MARKS = {"True": "✓", "False": "✗"}

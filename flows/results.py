@@ -3,7 +3,7 @@
     python flows/results.py                               # the plan in params.yaml's `results` section
     python flows/results.py --max-parallel 2 -- results.seeds=[0]
 
-Each distinct run (see :mod:`hmrmamba.results`) is a train_lift -> train_mesh -> evaluate chain in its own
+Each distinct run (see :mod:`hmrmamba.report.results`) is a train_lift -> train_mesh -> evaluate chain in its own
 scratch project ``outputs/flows/results/<run>/`` (see :mod:`flows.common`; runs with the same stage 1
 share it), each task in a worker process of a Dask cluster (as in :mod:`flows.ablation`); a rerun resumes
 finished and half-finished runs from their checkpoints. The flow ends by writing
@@ -24,8 +24,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import common, comparison
-from hmrmamba import results as R
-
+from hmrmamba.report import results as R
 FLOW = "results"
 
 

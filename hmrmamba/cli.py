@@ -58,7 +58,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("project root", str(root) if root else "(not inside a checkout)"))
     if root:
         from hmrmamba.layout import Layout
-        from hmrmamba.tracking import local_store_uri
+        from hmrmamba.mlflow_runs import local_store_uri
 
         lay = Layout(root)
         rows += [("body model", _state(lay.body_model)), ("prepared data", _state(lay.prepared("train").parent)),
@@ -84,7 +84,7 @@ def _state(path: Path) -> str:
 
 def cmd_where(args: argparse.Namespace) -> int:
     from hmrmamba.layout import Layout
-    from hmrmamba.tracking import local_store_uri
+    from hmrmamba.mlflow_runs import local_store_uri
 
     root = _root()
     if root is None:
@@ -118,7 +118,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_smpl(args: argparse.Namespace) -> int:
-    from hmrmamba.body_model import convert_smpl_pickle
+    from hmrmamba.body.body_model import convert_smpl_pickle
 
     out = Path(args.output) if args.output else Path(args.pkl).with_suffix(".npz")
     convert_smpl_pickle(args.pkl, out)
@@ -133,7 +133,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from hmrmamba.data.h5schema import read_split
     from hmrmamba.errors import InputError
     from hmrmamba.layout import Layout
-    from hmrmamba.plots import contact_sheet
+    from hmrmamba.report.plots import contact_sheet
     from hmrmamba.skeleton import H36M17
 
     if args.sequences < 1:
@@ -159,7 +159,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hmrmamba.compare import compare, markdown_table
+    from hmrmamba.report.compare import compare, markdown_table
     from hmrmamba.config import find_project_root, load_params
 
     root = find_project_root()
@@ -175,7 +175,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     import logging
 
     from hmrmamba.config import find_project_root, load_params
-    from hmrmamba.efficiency import efficiency_table
+    from hmrmamba.efficiency.benchmark import efficiency_table
     from hmrmamba.errors import MissingFileError
     from hmrmamba.layout import Layout
     from hmrmamba.stages import efficiency
@@ -202,7 +202,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from hmrmamba.config import find_project_root, load_params
-    from hmrmamba.results import write_document
+    from hmrmamba.report.results import write_document
 
     root = find_project_root()
     path = write_document(root, load_params(root / "params.yaml"), command="python flows/results.py")
@@ -212,8 +212,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_reliability(args: argparse.Namespace) -> int:
-    from hmrmamba import reliability
-
+    from hmrmamba.report import reliability
     argv = [*(["--slow"] if args.slow else []), *(["--no-audit"] if args.no_audit else []),
             *(["-o", args.output] if args.output else [])]
     return reliability.main(argv)
@@ -232,8 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hmrmamba import export
-
+    from hmrmamba.demo import export
     if args.body_model:
         from hmrmamba.layout import Layout
 
@@ -296,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("results", help="re-render docs/results.md from the finished runs of flows/results.py"
                    ).set_defaults(fn=cmd_results)
     p = sub.add_parser("reliability", help="run the bad-input/fault/security suite, write docs/reliability.md "
-                                           "(more options: python -m hmrmamba.reliability --help)")
+                                           "(more options: python -m hmrmamba.report.reliability --help)")
     p.add_argument("--slow", action="store_true", help="also run the slow fault tests (whole-stage kills)")
     p.add_argument("--no-audit", action="store_true", help="skip pip-audit")
     p.add_argument("-o", "--output", help="markdown file to write (default docs/reliability.md)")
@@ -334,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hmrmamba.atomic import WriteFailed
-    from hmrmamba.tracking import TrackingUnavailable
+    from hmrmamba.mlflow_runs import TrackingUnavailable
 
     try:
         return int(args.fn(args) or 0)

@@ -21,7 +21,7 @@
 
 Values whose valid set lives in another layer stay checked there, once: variant names and their
 overrides (:mod:`hmrmamba.models.registry`), the options of the real-data readers
-(:mod:`hmrmamba.data.readers`), the efficiency settings' own rules (:mod:`hmrmamba.efficiency`).
+(:mod:`hmrmamba.data.real.registry`), the efficiency settings' own rules (:mod:`hmrmamba.efficiency.benchmark`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class DatasetSettings:
-    name: str = "synthetic"  # synthetic | a name of hmrmamba.data.readers.READERS
+    name: str = "synthetic"  # synthetic | a name of hmrmamba.data.real.registry.READERS
     root: str | None = None
 
 
@@ -153,7 +153,7 @@ class ExperimentSettings:
 
 @dataclass(frozen=True)
 class LiftLoss:
-    """Eq. 14 weights (the fields of :class:`hmrmamba.losses.LiftLossWeights`, paper defaults)."""
+    """Eq. 14 weights (the fields of :class:`hmrmamba.train.losses.LiftLossWeights`, paper defaults)."""
 
     mpjpe: float = 1.0
     temporal: float = 0.5
@@ -163,7 +163,7 @@ class LiftLoss:
 
 @dataclass(frozen=True)
 class MeshLoss:
-    """Eq. 15 weights (the fields of :class:`hmrmamba.losses.MeshLossWeights`, paper defaults)."""
+    """Eq. 15 weights (the fields of :class:`hmrmamba.train.losses.MeshLossWeights`, paper defaults)."""
 
     vertex: float = 1.0
     joint: float = 1.0
@@ -260,7 +260,7 @@ class ScanSettings:
 
 @dataclass(frozen=True)
 class EfficiencySection:
-    """The keys of the ``efficiency`` section (its values: :class:`hmrmamba.efficiency.EfficiencySettings`)."""
+    """The keys of the ``efficiency`` section (its values: :class:`hmrmamba.efficiency.benchmark.EfficiencySettings`)."""
 
     variants: tuple[str, ...] = ("tiny", "mlp", "hmrmamba-s", "hmrmamba-s-vanilla", "hmrmamba-l", "pmce")
     frames: int = 16
@@ -276,7 +276,7 @@ class EfficiencySection:
 
 
 # The real-data readers' options: the names are checked here, the values (and their defaults) by
-# each reader's own config (hmrmamba.data.readers); None means "the reader's default".
+# each reader's own config (hmrmamba.data.real.registry); None means "the reader's default".
 
 @dataclass(frozen=True)
 class H36MOptions:

@@ -9,10 +9,10 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from hmrmamba.body_model import REQUIRED_FIELDS, h36m_regressor, load_body_arrays, load_smpl, save_body_model
-from hmrmamba.bodygen import body_sdf, build_procedural_smpl, rest_joints
+from hmrmamba.body.body_model import REQUIRED_FIELDS, h36m_regressor, load_body_arrays, load_smpl, save_body_model
+from hmrmamba.body.procedural import body_sdf, build_procedural_smpl, rest_joints
 from hmrmamba.errors import InputError, MissingFileError
-from hmrmamba.mesh_sampling import euler_characteristic, unique_edges
+from hmrmamba.body.mesh_sampling import euler_characteristic, unique_edges
 from hmrmamba.skeleton import H36M17, SMPL24
 
 J = {name: i for i, name in enumerate(SMPL24.names)}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data.amass import read_amass
-from hmrmamba.data.bvh import (
+from hmrmamba.data.mocap.amass import read_amass
+from hmrmamba.data.mocap.bvh import (
     BIOVISION_TO_SMPL,
     CMU_TO_SMPL,
     bvh_forward_kinematics,
@@ -19,8 +19,8 @@ from hmrmamba.data.bvh import (
     guess_joint_map,
     read_bvh,
 )
-from hmrmamba.data.joint_limits import within_limits
-from hmrmamba.data.motion import REST_JOINTS
+from hmrmamba.data.synthetic.joint_limits import within_limits
+from hmrmamba.data.synthetic.motion import REST_JOINTS
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import SMPL24
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from hmrmamba.config import flatten, home_root, resolve_path
-from hmrmamba.data.cameras import Camera, fit_in_frame, look_at, sample_camera
+from hmrmamba.data.synthetic.cameras import Camera, fit_in_frame, look_at, sample_camera
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
 from hmrmamba.profiles import compose

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmrmamba.body_model import load_smpl
+from hmrmamba.body.body_model import load_smpl
 from hmrmamba.data.h5schema import Field, read_split, read_table
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
@@ -81,7 +81,7 @@ def test_features_are_fp16_per_frame_and_informative(lay):
 def test_every_stage_is_an_mlflow_run_with_metrics(tiny_project):
     import mlflow
 
-    from hmrmamba.tracking import local_store_uri
+    from hmrmamba.mlflow_runs import local_store_uri
 
     mlflow.set_tracking_uri(local_store_uri(tiny_project))
     for stage in ("body_model", "prepare", "detect2d", "features"):

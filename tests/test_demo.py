@@ -29,7 +29,7 @@ from hmrmamba.demo.camera import project as project_px
 from hmrmamba.demo.keypoints import KeypointTrack, MediaPipePoseDetector
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.layout import Layout
-from hmrmamba.video import VideoReader, write_video
+from hmrmamba.data.video import VideoReader, write_video
 
 FRAMES = 20
 
@@ -51,7 +51,7 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clip(project, tmp_path_factory) -> dict:
     """A rendered 20-frame 96 px sequence: video, keypoints npz (ground-truth 2D), camera and 3D joints."""
-    from hmrmamba.data.synthetic import SplitSpec, SyntheticConfig, SyntheticMaker
+    from hmrmamba.data.synthetic.maker import SplitSpec, SyntheticConfig, SyntheticMaker
 
     out = tmp_path_factory.mktemp("clip")
     cfg = SyntheticConfig(splits=(SplitSpec("demo", 1, 1),), frames=(FRAMES, FRAMES), image_size=96,
@@ -73,7 +73,7 @@ def _save(project: Path, variant: str, path: Path, stage: str = "train_mesh", li
     assets = None if lift_only else load_mesh_assets(Layout(project))[0]
     model = build(variant, assets=assets, lift_only=lift_only)
     if not lift_only:  # an untrained but body-shaped model: the template's joints, the coarse mesh on them
-        from hmrmamba.body_model import load_body_arrays
+        from hmrmamba.body.body_model import load_body_arrays
 
         body = load_body_arrays(Layout(project).body_model)
         joints = body["J_regressor_h36m"] @ body["v_template"]
@@ -119,7 +119,7 @@ def offline_run(project, clip, checkpoints, tmp_path_factory):
 def test_demo_writes_meshes_files_and_pictures(offline_run, project):
     result, out = offline_run
     assert result.frames == FRAMES and result.detected == FRAMES and result.fps > 0
-    from hmrmamba.body_model import load_body_arrays
+    from hmrmamba.body.body_model import load_body_arrays
 
     faces = load_body_arrays(Layout(project).body_model)["f"]
     with np.load(out / "meshes.npz", allow_pickle=False) as m:

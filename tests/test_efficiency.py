@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmrmamba.efficiency import (
+from hmrmamba.efficiency.benchmark import (
     EfficiencySettings,
     check_targets,
     efficiency_table,
@@ -20,7 +20,7 @@ from hmrmamba.efficiency import (
     settings_from_params,
 )
 from hmrmamba.errors import InputError
-from hmrmamba.flops import count_cost, model_clip_inputs, scan_macs
+from hmrmamba.efficiency.flops import count_cost, model_clip_inputs, scan_macs
 from hmrmamba.ssm.mamba import Mamba
 
 VARIANT_FIELDS = ("params", "params_m", "macs", "gmacs", "flops", "gflops", "scan_gmacs", "weights_mb",
@@ -86,7 +86,7 @@ def test_params_m_is_the_real_parameter_count(stage_metrics):
 
 
 def test_macs_positive_and_the_scan_counted(stage_metrics):
-    from hmrmamba.flops import clip_inputs
+    from hmrmamba.efficiency.flops import clip_inputs
     from hmrmamba.models import build, random_mesh_assets
 
     _, written = stage_metrics

@@ -4,7 +4,7 @@ import numpy as np
 
 from hmrmamba.data.h5schema import Split
 from hmrmamba.data.loading import SplitArrays
-from hmrmamba.evaluate import Predictions, evaluate_predictions
+from hmrmamba.evaluate.protocol import Predictions, evaluate_predictions
 
 
 def make(n=(10, 6), valid=None):

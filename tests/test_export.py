@@ -13,7 +13,7 @@ import trimesh
 
 from hmrmamba.cli import main
 from hmrmamba.errors import InputError, MissingFileError
-from hmrmamba.export import (
+from hmrmamba.demo.export import (
     export_body_model,
     export_meshes,
     export_model,
@@ -147,8 +147,8 @@ def test_read_meshes_errors(tmp_path):
 
 
 def test_export_body_model(tmp_path):
-    from hmrmamba.body_model import save_body_model
-    from hmrmamba.bodygen import build_procedural_smpl
+    from hmrmamba.body.body_model import save_body_model
+    from hmrmamba.body.procedural import build_procedural_smpl
 
     arrays = build_procedural_smpl()
     save_body_model(tmp_path / "bm.npz", arrays)

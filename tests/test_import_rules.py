@@ -152,8 +152,32 @@ def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):
 
 def test_the_readers_import_their_toolkit_not_their_dispatcher():
     graph = import_graph()
-    for reader in ("hmrmamba.data.h36m", "hmrmamba.data.pw3d", "hmrmamba.data.mpi3dhp"):
-        assert "hmrmamba.data.reader_tools" in graph[reader]
-        assert "hmrmamba.data.real" not in graph[reader]
-        assert "hmrmamba.data.readers" not in graph[reader]
-    assert "hmrmamba.data.readers" in graph["hmrmamba.data.real"]
+    for reader in ("hmrmamba.data.real.h36m", "hmrmamba.data.real.pw3d", "hmrmamba.data.real.mpi3dhp"):
+        assert "hmrmamba.data.real.tools" in graph[reader]
+        assert "hmrmamba.data.real.dispatch" not in graph[reader]
+        assert "hmrmamba.data.real.registry" not in graph[reader]
+    assert "hmrmamba.data.real.registry" in graph["hmrmamba.data.real.dispatch"]
+
+
+#: The only modules at the package's top level: small core modules every layer uses (docs/design.md, "Map of
+#: the code"). Everything else lives in the package of its pipeline step.
+CORE_MODULES = {"hmrmamba", "hmrmamba.atomic", "hmrmamba.cli", "hmrmamba.config", "hmrmamba.errors",
+                "hmrmamba.geometry", "hmrmamba.layout", "hmrmamba.mlflow_runs", "hmrmamba.named_rng",
+                "hmrmamba.profiles", "hmrmamba.safe_pickle", "hmrmamba.settings", "hmrmamba.skeleton"}
+
+
+def test_only_core_modules_sit_at_the_top_of_the_package():
+    top = {name for name, path in modules().items() if path.parent == PACKAGE}
+    assert top == CORE_MODULES
+
+
+def test_the_design_map_names_every_package():
+    """docs/design.md's map has a row for each subpackage (folder with an __init__.py) of the library."""
+    text = (ROOT / "docs/design.md").read_text()
+    packages = sorted(str(p.parent.relative_to(ROOT)) for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)
+    missing = [p for p in packages if f"`{p}/`" not in text]
+    assert missing == []
+
+
+def test_the_library_holds_no_test_fixtures():
+    assert not any("fabricat" in p.name for p in PACKAGE.rglob("*.py"))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hmrmamba import losses as L
+from hmrmamba.train import losses as L
 from hmrmamba.geometry import axis_angle_to_matrix
 
 

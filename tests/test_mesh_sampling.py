@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import trimesh
 
 from hmrmamba.errors import InputError, MissingFileError
-from hmrmamba.mesh_sampling import (
+from hmrmamba.body.mesh_sampling import (
     MeshHierarchy,
     closest_points_on_mesh,
     compute_downsampling,
@@ -39,7 +39,7 @@ def sphere():
 
 @pytest.fixture(scope="module")
 def body():
-    from hmrmamba.bodygen import build_procedural_smpl
+    from hmrmamba.body.procedural import build_procedural_smpl
 
     m = build_procedural_smpl(seed=0)
     return m["v_template"], m["f"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmrmamba import metrics as M
+from hmrmamba.evaluate import metrics as M
 from hmrmamba.geometry import axis_angle_to_matrix
 
 
@@ -73,7 +73,7 @@ def _octahedron():
 
 
 def test_mesh_edges_of_an_octahedron():
-    from hmrmamba.metrics import mesh_edges
+    from hmrmamba.evaluate.metrics import mesh_edges
 
     _, f = _octahedron()
     e = mesh_edges(f)
@@ -81,7 +81,7 @@ def test_mesh_edges_of_an_octahedron():
 
 
 def test_edge_length_error_known_answers():
-    from hmrmamba.metrics import edge_length_error, mesh_edges
+    from hmrmamba.evaluate.metrics import edge_length_error, mesh_edges
 
     v, f = _octahedron()
     e = mesh_edges(f)
@@ -93,7 +93,7 @@ def test_edge_length_error_known_answers():
 
 
 def test_normal_angle_error_known_answers():
-    from hmrmamba.metrics import normal_angle_error
+    from hmrmamba.evaluate.metrics import normal_angle_error
 
     v, f = _octahedron()
     assert normal_angle_error(v, v, f).item() == pytest.approx(0.0, abs=1e-6)
@@ -105,7 +105,7 @@ def test_normal_angle_error_known_answers():
 
 
 def test_umbrella_laplacian_known_answers():
-    from hmrmamba.metrics import mesh_edges, umbrella_laplacian
+    from hmrmamba.evaluate.metrics import mesh_edges, umbrella_laplacian
 
     v, f = _octahedron()
     e = mesh_edges(f)
@@ -120,7 +120,7 @@ def test_umbrella_laplacian_known_answers():
 
 
 def test_mesh_quality_of_the_ground_truth_is_perfect():
-    from hmrmamba.evaluate import _quality_summary, mesh_quality
+    from hmrmamba.evaluate.protocol import _quality_summary, mesh_quality
 
     v, f = _octahedron()
     frames = np.stack([v.numpy(), 1.1 * v.numpy()])

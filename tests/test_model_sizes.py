@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hmrmamba.flops import clip_inputs, count_cost, count_parameters, model_clip_inputs, parameters_by_module
+from hmrmamba.efficiency.flops import clip_inputs, count_cost, count_parameters, model_clip_inputs, parameters_by_module
 from hmrmamba.models import build, random_mesh_assets
 from hmrmamba.models.registry import resolve_config
 

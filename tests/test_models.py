@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from hmrmamba.flops import clip_inputs, count_cost, count_parameters, model_clip_inputs, scan_macs
+from hmrmamba.efficiency.flops import clip_inputs, count_cost, count_parameters, model_clip_inputs, scan_macs
 from hmrmamba.models import (
     TABLE3_ABLATIONS,
     VARIANTS,
@@ -382,7 +382,7 @@ def test_mesh_assets_are_validated():
 
 def test_mesh_assets_from_a_computed_hierarchy():
     trimesh = pytest.importorskip("trimesh")
-    from hmrmamba.mesh_sampling import compute_downsampling
+    from hmrmamba.body.mesh_sampling import compute_downsampling
 
     sphere = trimesh.creation.icosphere(subdivisions=3)  # 642 vertices
     hierarchy = compute_downsampling(sphere.vertices, sphere.faces, sizes=(160, 40))

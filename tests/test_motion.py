@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data.joint_limits import (
+from hmrmamba.data.synthetic.joint_limits import (
     EULER_ORDERS,
     LIMITS_HIGH,
     LIMITS_LOW,
@@ -17,7 +17,7 @@ from hmrmamba.data.joint_limits import (
     pose_to_euler,
     within_limits,
 )
-from hmrmamba.data.motion import (
+from hmrmamba.data.synthetic.motion import (
     MOTION_KINDS,
     REST_JOINTS,
     MotionClip,

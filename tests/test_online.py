@@ -16,7 +16,7 @@ from hmrmamba.models import (
     random_mesh_assets,
     resolve_config,
 )
-from hmrmamba.online import OnlineModel
+from hmrmamba.demo.streaming import OnlineModel
 from hmrmamba.skeleton import H36M17
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data import h36m_cameras as hc
-from hmrmamba.data.fabricate import (
+from hmrmamba.data.real import h36m_cameras as hc
+from fabricate import (
     H36M_METADATA,
     _ShellCommand,
     save_object_npz,
@@ -21,7 +21,7 @@ from hmrmamba.data.fabricate import (
     write_mini_h36m,
 )
 from hmrmamba.data.h5schema import read_split, write_split
-from hmrmamba.data.h36m import (
+from hmrmamba.data.real.h36m import (
     DETECTION_FILES,
     H36M32_TO_17,
     H36MConfig,
@@ -32,9 +32,9 @@ from hmrmamba.data.h36m import (
     read_npz_object,
     world_to_camera,
 )
-from hmrmamba.data.mpi3dhp import CAMERAS, MPI3DHPConfig, build_3dhp
-from hmrmamba.data.pw3d import OPENPOSE18, PW3DConfig, build_pw3d, pw3d_openpose, smpl24_to_h36m17
-from hmrmamba.data.real import build_real, prepare_real, real_splits
+from hmrmamba.data.real.mpi3dhp import CAMERAS, MPI3DHPConfig, build_3dhp
+from hmrmamba.data.real.pw3d import OPENPOSE18, PW3DConfig, build_pw3d, pw3d_openpose, smpl24_to_h36m17
+from hmrmamba.data.real.dispatch import build_real, prepare_real, real_splits
 from hmrmamba.detect.sources import coco17_to_h36m17
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.layout import Layout
@@ -57,8 +57,8 @@ def h36m_splits(mini_h36m):
 
 @pytest.fixture(scope="module")
 def body_model(tmp_path_factory):
-    from hmrmamba.body_model import save_body_model
-    from hmrmamba.bodygen import build_procedural_smpl
+    from hmrmamba.body.body_model import save_body_model
+    from hmrmamba.body.procedural import build_procedural_smpl
 
     path = tmp_path_factory.mktemp("body") / "body_model.npz"
     save_body_model(path, build_procedural_smpl(seed=0))
@@ -66,7 +66,7 @@ def body_model(tmp_path_factory):
 
 
 def _smpl_forward(path, pose, betas, trans):
-    from hmrmamba.body_model import load_smpl
+    from hmrmamba.body.body_model import load_smpl
 
     smpl = load_smpl(path)
     f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)
@@ -286,7 +286,7 @@ def _h36m_params(root, **opts):
 
 def _rewrite(mini, det: str, mutate):
     """Rewrite one of the mini dataset's files after ``mutate(positions)`` edits a copy."""
-    from hmrmamba.data.h36m import POSITIONS_3D_FILE
+    from hmrmamba.data.real.h36m import POSITIONS_3D_FILE
 
     if det == "3d":
         pos = {s: dict(a) for s, a in mini.positions_3d.items()}
@@ -367,7 +367,7 @@ def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
 
 
 def test_truncated_npz_is_a_clear_error(tmp_path, mini_h36m):
-    from hmrmamba.data.h36m import POSITIONS_3D_FILE
+    from hmrmamba.data.real.h36m import POSITIONS_3D_FILE
 
     data = (mini_h36m.root / POSITIONS_3D_FILE).read_bytes()
     for cut in (len(data) // 2, len(data) - 30):
@@ -405,7 +405,7 @@ def test_smpl_fits_npz_become_camera_frame_parameters_of_the_same_mesh(tmp_path,
 
 
 def test_neuralannot_subactions_are_matched_by_trajectory(tmp_path, body_model):
-    from hmrmamba.data.h36m import rest_pelvis_fn
+    from hmrmamba.data.real.h36m import rest_pelvis_fn
 
     mini = write_mini_h36m(tmp_path, subjects=("S1", "S9"), actions=("Walking", "Walking 1"), frames=12)
     j0 = rest_pelvis_fn(body_model)(np.zeros((1, 10)))[0]
@@ -745,6 +745,6 @@ def test_reader_options_refuse_unknown_keys(module, cls, section):
 
     from hmrmamba.errors import InputError
 
-    config = getattr(importlib.import_module(f"hmrmamba.data.{module}"), cls)
+    config = getattr(importlib.import_module(f"hmrmamba.data.real.{module}"), cls)
     with pytest.raises(InputError, match=rf"datasets\.{section}.*unknown option\(s\) \['bogus'\]"):
         config.from_params({"bogus": 1})

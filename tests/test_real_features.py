@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from hmrmamba.data.fabricate import draw_keypoints, write_mini_3dhp, write_mini_3dpw, write_mini_h36m
-from hmrmamba.data.feature_import import load_feature_file, match_rows
-from hmrmamba.data.frames import (
+from fabricate import draw_keypoints, write_mini_3dhp, write_mini_3dpw, write_mini_h36m
+from hmrmamba.features.importing import load_feature_file, match_rows
+from hmrmamba.data.real.frames import (
     FrameSource,
     h36m_video_paths,
     iter_frames,
@@ -21,7 +21,7 @@ from hmrmamba.data.frames import (
     split_frame_index,
 )
 from hmrmamba.data.h5schema import Field, read_split, read_table
-from hmrmamba.data.real import real_frame_sources
+from hmrmamba.data.real.dispatch import real_frame_sources
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.features import ResNet50, crop_and_resize, extract_features
 from hmrmamba.features.sequences import scale_boxes, sequence_boxes
@@ -29,7 +29,7 @@ from hmrmamba.layout import Layout
 from hmrmamba.profiles import compose
 from hmrmamba.stages import detect2d, features, prepare
 from hmrmamba.stages.common import execute
-from hmrmamba.video import VideoReader
+from hmrmamba.data.video import VideoReader
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_FIELDS = {"features": Field((2048,), "f", finite=True), "boxes": Field((4,), "f", finite=True)}
@@ -107,7 +107,7 @@ def test_h36m_sources_map_rows_to_every_second_video_frame(h36m_project):
 
 
 def test_short_video_and_changed_aspect_are_clear_errors(tmp_path, h36m_project):
-    from hmrmamba.video import write_video
+    from hmrmamba.data.video import write_video
 
     video = write_video(tmp_path / "v.mp4", np.zeros((3, 16, 16, 3), np.uint8), fps=50)
     src = FrameSource("S9/Walking/1", video, np.arange(0, 8, 2), (1000, 1002))

@@ -8,7 +8,7 @@ import pytest
 from hmrmamba.data.h5schema import Split
 from hmrmamba.data.loading import SplitArrays, select_sequences
 from hmrmamba.errors import InputError
-from hmrmamba.report import pick_sequences, table1_lines
+from hmrmamba.report.document import pick_sequences, table1_lines
 
 
 def _split(lengths):

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from hmrmamba import results as R
+from hmrmamba.report import results as R
 from hmrmamba.errors import InputError, MissingFileError
 
 PARAMS = {

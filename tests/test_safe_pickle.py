@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from hmrmamba.body_model import convert_smpl_pickle, load_body_arrays, load_smpl
+from hmrmamba.body.body_model import convert_smpl_pickle, load_body_arrays, load_smpl
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.safe_pickle import ChumpyStub, safe_load, safe_loads
 from hmrmamba.skeleton import SMPL24

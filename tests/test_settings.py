@@ -94,7 +94,7 @@ def test_every_schema_rule_names_a_settings_key():
 
 
 def test_loss_sections_match_the_loss_weights():
-    from hmrmamba.losses import LiftLossWeights, MeshLossWeights
+    from hmrmamba.train.losses import LiftLossWeights, MeshLossWeights
 
     for ours, theirs in ((LiftLoss, LiftLossWeights), (MeshLoss, MeshLossWeights)):
         assert [(f.name, f.default) for f in dataclasses.fields(ours)] == \
@@ -102,7 +102,7 @@ def test_loss_sections_match_the_loss_weights():
 
 
 def test_efficiency_section_matches_the_efficiency_settings():
-    from hmrmamba.efficiency import EfficiencySettings
+    from hmrmamba.efficiency.benchmark import EfficiencySettings
     from hmrmamba.settings import EfficiencySection
 
     flat = {}
@@ -116,9 +116,9 @@ def test_efficiency_section_matches_the_efficiency_settings():
 
 
 @pytest.mark.parametrize("module,cls,options", [
-    ("hmrmamba.data.h36m", "H36MConfig", H36MOptions),
-    ("hmrmamba.data.pw3d", "PW3DConfig", PW3DOptions),
-    ("hmrmamba.data.mpi3dhp", "MPI3DHPConfig", MPI3DHPOptions),
+    ("hmrmamba.data.real.h36m", "H36MConfig", H36MOptions),
+    ("hmrmamba.data.real.pw3d", "PW3DConfig", PW3DOptions),
+    ("hmrmamba.data.real.mpi3dhp", "MPI3DHPConfig", MPI3DHPOptions),
 ])
 def test_reader_option_names_match_what_each_reader_accepts(monkeypatch, module, cls, options):
     import importlib
@@ -135,7 +135,7 @@ def test_reader_option_names_match_what_each_reader_accepts(monkeypatch, module,
 
 
 def test_the_reader_registry_and_its_settings_sections_agree():
-    from hmrmamba.data.readers import READERS
+    from hmrmamba.data.real.registry import READERS
     from hmrmamba.settings import DatasetsSettings
 
     assert {r.section for r in READERS.values()} == {f.name for f in dataclasses.fields(DatasetsSettings)}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hmrmamba import tracking
+from hmrmamba import mlflow_runs
 from hmrmamba.stages.common import standard_tags
 
 PARAMS = {"profile": "default", "dataset": {"name": "synthetic"},
@@ -22,13 +22,13 @@ def test_data_stages_carry_no_variant_tag():
 
 def test_child_run_is_nested_in_the_parent_experiment_and_inherits_tags(tmp_path):
     mlflow = pytest.importorskip("mlflow")
-    with tracking.stage_run("evaluate", root=tmp_path, params={"split": "test"},
+    with mlflow_runs.stage_run("evaluate", root=tmp_path, params={"split": "test"},
                             tags={"variant": "tiny", "dataset": "synthetic", "flow_run_id": "f1"}) as parent:
-        with tracking.child_run("h36m", tags={"dataset": "h36m"}) as child:
-            tracking.log_metrics({"mpjpe": 12.5})
+        with mlflow_runs.child_run("h36m", tags={"dataset": "h36m"}) as child:
+            mlflow_runs.log_metrics({"mpjpe": 12.5})
             child_id = child.info.run_id
         parent_id, exp_id = parent.info.run_id, parent.info.experiment_id
-    mlflow.set_tracking_uri(tracking.local_store_uri(tmp_path))
+    mlflow.set_tracking_uri(mlflow_runs.local_store_uri(tmp_path))
     got = mlflow.get_run(child_id)
     assert got.info.experiment_id == exp_id
     assert got.data.tags["mlflow.parentRunId"] == parent_id
@@ -39,5 +39,5 @@ def test_child_run_is_nested_in_the_parent_experiment_and_inherits_tags(tmp_path
 
 
 def test_child_run_without_an_active_run_logs_nothing():
-    with tracking.child_run("x") as run:
+    with mlflow_runs.child_run("x") as run:
         assert run is None

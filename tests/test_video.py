@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hmrmamba.errors import InputError, MissingFileError
-from hmrmamba.video import VideoReader, list_frame_files, natural_key, write_video
+from hmrmamba.data.video import VideoReader, list_frame_files, natural_key, write_video
 
 
 def smooth_frames(n: int = 6, h: int = 48, w: int = 64) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""Datasets: the HDF5 schema, readers, the synthetic maker and the windowing Dataset."""
+"""Datasets: the HDF5 split schema, loading windows for training and video decoding; the synthetic maker (`synthetic/`), motion-capture files (`mocap/`) and the real readers (`real/`)."""

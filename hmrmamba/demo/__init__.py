@@ -3,7 +3,7 @@
 Modules, in pipeline order: :mod:`.keypoints` (2D keypoints from a file or MediaPipe Pose),
 :mod:`.inference` (the trained model, its crops and features), :mod:`.camera` (where the mesh
 sits in front of the camera), :mod:`.pictures` (overlay and side view), :mod:`.pipeline`
-(the command). Streaming inference is :mod:`hmrmamba.online`.
+(the command). Streaming inference is :mod:`hmrmamba.demo.streaming`.
 """
 
 from hmrmamba.demo.camera import default_camera, estimate_translation, project

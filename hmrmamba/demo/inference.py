@@ -8,7 +8,7 @@ features stage used, so the model sees features of the kind it was trained on).
 :func:`sequence_inputs` turns frames and 2D keypoints into the model's inputs the way the data
 stages do (square boxes from the keypoints, crops, features, keypoints in crop coordinates), and
 :func:`predict_offline` runs the model on overlapping windows (or, ``keep=None``, on the evaluation
-protocol's centred stride-1 windows, :func:`hmrmamba.evaluate.predict_split`) for a non-causal
+protocol's centred stride-1 windows, :func:`hmrmamba.evaluate.protocol.predict_split`) for a non-causal
 model, or once over the whole sequence for a causal one.
 """
 
@@ -76,8 +76,8 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     checkpoint of another joint set or whose weights do not fit its variant, and (``need_causal``)
     a non-causal variant.
     """
-    import hmrmamba.evaluate  # noqa: F401  (imports pandas: pay it here, not in the first prediction)
-    from hmrmamba.body_model import load_body_arrays
+    import hmrmamba.evaluate.protocol  # noqa: F401  (imports pandas: pay it here, not in the first prediction)
+    from hmrmamba.body.body_model import load_body_arrays
     from hmrmamba.config import find_project_root, load_params
     from hmrmamba.features.backbone import build_backbone
     from hmrmamba.features.extract import prepare_model
@@ -174,12 +174,12 @@ def sequence_inputs(inf: Inference, frames: Iterable[np.ndarray], keypoints: np.
 
 @torch.no_grad()
 def predict_offline(inf: Inference, inputs: SequenceInputs, *, keep: int | None = 8, batch_size: int = 16):
-    """Meshes for every frame of one sequence -> :class:`hmrmamba.evaluate.Predictions`
+    """Meshes for every frame of one sequence -> :class:`hmrmamba.evaluate.protocol.Predictions`
     (pose3d (N, 17, 3), joints (N, 17, 3), vertices (N, V, 3), metres, pelvis-relative).
 
     A causal model runs once over the whole sequence (what streaming gives, too). A non-causal one
     runs on windows of ``inf.window`` frames: ``keep=None`` is the evaluation protocol (a window
-    centred on every frame, its middle frame kept: :func:`hmrmamba.evaluate.predict_split`);
+    centred on every frame, its middle frame kept: :func:`hmrmamba.evaluate.protocol.predict_split`);
     ``keep=k`` tiles the sequence with windows every k frames and keeps each window's middle k
     frames, so every frame still has (window - k) / 2 frames of context on both sides, for
     window / k times less work (edges replicate the first/last frame, as the protocol's windows do).
@@ -187,7 +187,7 @@ def predict_offline(inf: Inference, inputs: SequenceInputs, *, keep: int | None 
     from hmrmamba.data.h5schema import Split
     from hmrmamba.data.loading import SplitArrays
     from hmrmamba.data.windows import window_indices
-    from hmrmamba.evaluate import Predictions, predict_split, run_batch
+    from hmrmamba.evaluate.protocol import Predictions, predict_split, run_batch
 
     n = len(inputs.kp2d)
     if n == 0:

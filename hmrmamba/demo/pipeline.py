@@ -10,7 +10,7 @@ Offline (default), in passes over the video so that memory holds per-frame numbe
 4. pictures (overlay + side view) and files.
 
 Online (``--online``, a causal checkpoint): one pass; every frame goes through
-:class:`hmrmamba.online.Tracker` (detector or file row -> box -> feature -> one model step).
+:class:`hmrmamba.demo.streaming.Tracker` (detector or file row -> box -> feature -> one model step).
 
 Outputs in ``DIR`` (written into a temporary sibling folder that replaces ``DIR`` only when
 everything succeeded, so a failure leaves no partial ``DIR``):
@@ -20,7 +20,7 @@ everything succeeded, so a failure leaves no partial ``DIR``):
   translation`` is the camera-frame mesh; faces (F, 3); fps; detected (N,) bool; keypoints
   (N, 17, 2) px and confidence (N, 17) as detected; camera (4,) fx, fy, cx, cy px; image_size (H, W);
 - ``frame_000000.obj`` ... (and ``frame_000000.ply`` ... with ``ply=True``), y up
-  (:mod:`hmrmamba.export`); ``DIR`` stays a flat folder of files, which is what
+  (:mod:`hmrmamba.demo.export`); ``DIR`` stays a flat folder of files, which is what
   :func:`hmrmamba.atomic.atomic_dir` agrees to replace on the next run;
 - ``overlay.mp4``: each frame with the mesh drawn over it, beside a side view;
 - ``contact_sheet.png``: a grid of such panels (up to 12 frames spread over the detected ones);
@@ -186,8 +186,8 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     from hmrmamba.demo.inference import load_inference
     from hmrmamba.demo.keypoints import DETECTORS, MediaPipePoseDetector, fill_undetected, load_keypoints
     from hmrmamba.demo.pictures import PanelRenderer, grid
-    from hmrmamba.export import write_mesh_sequence
-    from hmrmamba.video import VideoReader, write_video
+    from hmrmamba.demo.export import write_mesh_sequence
+    from hmrmamba.data.video import VideoReader, write_video
 
     out = Path(out)
     if detector not in DETECTORS:
@@ -278,7 +278,7 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
 def _run_online(inference, reader, track, det, focal, timer: StepTimer, progress: bool):
     """One pass with the Tracker -> (vertices, joints, pose3d, translation, track)."""
     from hmrmamba.demo.keypoints import make_track
-    from hmrmamba.online import Tracker
+    from hmrmamba.demo.streaming import Tracker
 
     tracker = Tracker(inference, detector=det, focal=focal)
     n = reader.num_frames

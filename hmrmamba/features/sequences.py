@@ -1,6 +1,6 @@
 """Features of a split whose frames are read from videos / image folders, one sequence at a time.
 
-Real splits store no pixels (see :mod:`hmrmamba.data.frames`). Boxes are made per sequence from
+Real splits store no pixels (see :mod:`hmrmamba.data.real.frames`). Boxes are made per sequence from
 the chosen 2D detections, in the original image's pixels (they are what the features table
 stores, and what :func:`hmrmamba.data.loading.normalize_keypoints` needs); when the frames are a
 downscaled copy, the boxes are scaled onto them for cropping only. Frames are decoded as a
@@ -57,13 +57,13 @@ def extract_from_sources(sources: Sequence[Any], boxes: np.ndarray, *, seq_start
                          seq_len: np.ndarray, model: ResNet50, crop_size: int = 224, batch_size: int = 16,
                          keep_spatial: bool = False, device: str | torch.device = "cpu",
                          progress: bool = True, map_layer: str = "layer4") -> dict[str, np.ndarray]:
-    """sources: one :class:`hmrmamba.data.frames.FrameSource` per sequence, boxes: (N, 4) original px
+    """sources: one :class:`hmrmamba.data.real.frames.FrameSource` per sequence, boxes: (N, 4) original px
     -> {'features': (N, 2048) float16, 'boxes': (N, 4) float32[, 'spatial': (N, C, h, w) float16]}.
 
     Row ``seq_start[i] + t`` is frame ``t`` of ``sources[i]``. Bounded memory: each sequence's
     frames are streamed through the model ``batch_size`` at a time.
     """
-    from hmrmamba.data.frames import iter_frames, source_scale, source_size
+    from hmrmamba.data.real.frames import iter_frames, source_scale, source_size
 
     boxes = np.asarray(boxes, dtype=np.float32)
     n = boxes.shape[0]

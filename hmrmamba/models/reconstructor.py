@@ -30,7 +30,7 @@ length run and :meth:`MotionGuidedReconstructor.step` keeps only the last W fram
 (:class:`MotionState`). Everything else is per frame or uses the previous frame (M_exp).
 
 Mesh assets (upsampling matrices, nearest-joint map, joint regressor) are constructor *tensors*
-(:class:`MeshAssets`), made from :mod:`hmrmamba.mesh_sampling` by :func:`mesh_assets_from_hierarchy`
+(:class:`MeshAssets`), made from :mod:`hmrmamba.body.mesh_sampling` by :func:`mesh_assets_from_hierarchy`
 or at random for size/cost checks by :func:`random_mesh_assets`.
 """
 
@@ -174,7 +174,7 @@ def random_mesh_assets(*, num_joints: int = 17, sizes: Sequence[int] = (6890, 17
 
 def mesh_assets_from_hierarchy(hierarchy, template_vertices: np.ndarray, joint_regressor: np.ndarray, *,
                                with_offsets: bool = False, parents: Sequence[int] | None = None) -> MeshAssets:
-    """Assets from a :class:`hmrmamba.mesh_sampling.MeshHierarchy`, the template (V, 3) metres and the
+    """Assets from a :class:`hmrmamba.body.mesh_sampling.MeshHierarchy`, the template (V, 3) metres and the
     joint regressor (J, V): U chain coarse -> fine, nearest joint of each coarse template vertex to the
     regressed template joints, (``with_offsets``) the coarse template minus its nearest joint, and the
     rest pose for template-shaped decoding (coarse template, template joints, ``parents``; default:

@@ -143,7 +143,7 @@ _SHARED = ("num_joints", "joint_set", "feat_dim", "max_frames", "causal")
 _PAPER_COMMON = {"num_joints": 17, "joint_set": "h36m17", "feat_dim": 2048, "max_frames": 16}
 
 #: ``kinematic_scan``/``bidirectional``: the dual scan's local order (the depth-first tree walk) and
-#: one-way branches, chosen by benchmarks/bench_scan_order.py (docs/model.md); a saved config without
+#: one-way branches, chosen by benchmarks/bench_lift_settings.py --study scan (docs/model.md); a saved config without
 #: them rebuilds with the lifter's defaults, the first version's ("limbs", one-way).
 #: ``map_dim``: channels of the feature maps GA samples at the joints (eq. 8): SPIN's layer4 (2048) at
 #: paper size; the training stages set it from the cached features (0 when none are cached).
@@ -186,7 +186,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                              "drop_path": 0.0, "use_conf": True, "frame_pose": True, "head": "joint",
                              "feat_centre": True, "feat_dropout": 0.5, "feat_proj": 16},
                   "reconstructor": {**_RECON_TINY, "context": "gru", "gru_hidden": 64, "gru_layers": 1}},
-    # `tiny` in its causal form for streaming (`hmrmamba demo --online`, hmrmamba.online.Tracker):
+    # `tiny` in its causal form for streaming (`hmrmamba demo --online`, hmrmamba.demo.streaming.Tracker):
     # forward-only temporal scans, GA and motion attention over the last max_frames frames only.
     "tiny-online": {**_PAPER_COMMON, "causal": True,
                     "lifter": {**_STA_S, "dim": 32, "depth": 1, "ga_heads": 4, "ga_points": 2, "d_state": 8,

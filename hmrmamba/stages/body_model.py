@@ -14,9 +14,9 @@ STAGE = "body_model"
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
-    from hmrmamba import body_model as bm
-    from hmrmamba import mesh_sampling as ms
-    from hmrmamba.bodygen import build_procedural_smpl
+    from hmrmamba.body import body_model as bm
+    from hmrmamba.body import mesh_sampling as ms
+    from hmrmamba.body.procedural import build_procedural_smpl
     from hmrmamba.settings import section_settings
 
     p = section_settings(params, STAGE)

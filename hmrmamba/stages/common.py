@@ -64,8 +64,7 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
     ``parent_run_id`` nests the stage run under a flow's run (explicit, so it is safe in Prefect's
     worker threads where MLflow's active-run stack is not shared).
     """
-    from hmrmamba import tracking
-
+    from hmrmamba import mlflow_runs
     apply_offline_env()
     root = root or find_project_root()
     if params is not None:  # params.yaml is validated by load_params; flows pass theirs in
@@ -76,12 +75,12 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
     stage_tags = {**standard_tags(stage, params), **(tags or {})}
     t0 = time.perf_counter()
     if log_to_mlflow:
-        with tracking.stage_run(stage, root=root, params=params.get(stage, {}) | {"seed": params.get("seed")},
+        with mlflow_runs.stage_run(stage, root=root, params=params.get(stage, {}) | {"seed": params.get("seed")},
                                 tags=stage_tags, tracking=params.get("tracking"),
                                 parent_run_id=parent_run_id):
             metrics = fn(params, layout)
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
-            tracking.log_metrics(metrics)
+            mlflow_runs.log_metrics(metrics)
     else:
         metrics = fn(params, layout)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
@@ -94,7 +93,7 @@ def main(stage: str, fn: StageFn) -> None:
     """Console entry for ``python -m hmrmamba.stages.<stage>``: clear one-line errors on bad input."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from hmrmamba.atomic import WriteFailed
-    from hmrmamba.tracking import TrackingUnavailable
+    from hmrmamba.mlflow_runs import TrackingUnavailable
 
     try:
         metrics = execute(stage, fn)

@@ -15,7 +15,7 @@ STAGE = "detect2d"
 
 def splits_of(params: Mapping[str, Any]) -> list[str]:
     """The split names the prepare stage writes for the configured dataset."""
-    from hmrmamba.data.real import is_real, real_splits
+    from hmrmamba.data.real.dispatch import is_real, real_splits
 
     return real_splits(params) if is_real(params) else list(params["synthetic"]["splits"])
 
@@ -24,9 +24,9 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     import numpy as np
 
     from hmrmamba.data.h5schema import read_split, write_table
-    from hmrmamba.data.real import is_real, real_detections, real_sources
+    from hmrmamba.data.real.dispatch import is_real, real_detections, real_sources
     from hmrmamba.detect.sources import DETECTOR_SOURCES, detect, error_report
-    from hmrmamba.seeding import named_rng
+    from hmrmamba.named_rng import named_rng
     from hmrmamba.settings import section_settings
 
     p = section_settings(params, STAGE)

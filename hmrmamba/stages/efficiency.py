@@ -1,6 +1,6 @@
 """DVC stage ``efficiency``: Table 4 (size, MACs/FLOPs, CPU speed, peak memory, scaling in T, scan speed-up).
 
-Writes ``metrics/efficiency.json`` and logs the markdown table (:func:`hmrmamba.efficiency.efficiency_table`),
+Writes ``metrics/efficiency.json`` and logs the markdown table (:func:`hmrmamba.efficiency.benchmark.efficiency_table`),
 which ``hmrmamba efficiency --table`` prints again from the JSON. Inputs are random tensors of the real
 shapes: the stage depends on the model code, not on the data.
 """
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
-    from hmrmamba.efficiency import efficiency_table, measure_efficiency, settings_from_params
+    from hmrmamba.efficiency.benchmark import efficiency_table, measure_efficiency, settings_from_params
 
     settings = settings_from_params(params.get(STAGE, {}))
     metrics = measure_efficiency(settings, log=lambda msg: log.info("efficiency: %s", msg))

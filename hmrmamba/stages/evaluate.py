@@ -16,12 +16,12 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     import torch
 
     from hmrmamba.atomic import atomic_path
-    from hmrmamba.body_model import load_body_arrays, load_smpl
+    from hmrmamba.body.body_model import load_body_arrays, load_smpl
     from hmrmamba.data.loading import load_split_arrays, map_shape
-    from hmrmamba.evaluate import evaluate_predictions, predict_split, smpl_targets
-    from hmrmamba.plots import per_joint_bar
+    from hmrmamba.evaluate.protocol import evaluate_predictions, predict_split, smpl_targets
+    from hmrmamba.report.plots import per_joint_bar
     from hmrmamba.skeleton import H36M17, H36M_EVAL14
-    from hmrmamba.tracking import child_run, log_artifact, log_metrics
+    from hmrmamba.mlflow_runs import child_run, log_artifact, log_metrics
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
 
     p = params[STAGE]

@@ -3,9 +3,9 @@
 Where the pixels come from, per split:
 
 * the split's own ``frames/image`` (synthetic data);
-* a real dataset's videos / image folders (:mod:`hmrmamba.data.frames`), streamed sequence by
+* a real dataset's videos / image folders (:mod:`hmrmamba.data.real.frames`), streamed sequence by
   sequence; every expected file is checked before any work starts;
-* or, with ``features.import_path``, precomputed features (:mod:`hmrmamba.data.feature_import`),
+* or, with ``features.import_path``, precomputed features (:mod:`hmrmamba.features.importing`),
   and no backbone at all.
 """
 
@@ -53,9 +53,9 @@ def read_detections(layout: Layout, split: str, source: str, rows: int) -> tuple
 def plan_sources(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> dict[str, list | None]:
     """split -> None (frames stored in the split) or its real frame sources; fails early, listing
     every missing video/image of all splits."""
-    from hmrmamba.data.frames import require_sources
+    from hmrmamba.data.real.frames import require_sources
     from hmrmamba.data.h5schema import FRAME_FIELDS, open_h5, read_split
-    from hmrmamba.data.real import dataset_name, image_root, is_real, real_frame_sources
+    from hmrmamba.data.real.dispatch import dataset_name, image_root, is_real, real_frame_sources
 
     plans: dict[str, list | None] = {}
     for split in splits:
@@ -79,8 +79,8 @@ def run_import(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> 
     """``features.import_path``: precomputed features matched to every split's rows."""
     import numpy as np
 
-    from hmrmamba.data.feature_import import import_path_for, load_feature_file, match_split_rows
-    from hmrmamba.data.frames import split_frame_index
+    from hmrmamba.features.importing import import_path_for, load_feature_file, match_split_rows
+    from hmrmamba.data.real.frames import split_frame_index
     from hmrmamba.data.h5schema import read_split, write_table
     from hmrmamba.features.sequences import sequence_boxes
 

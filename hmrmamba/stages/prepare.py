@@ -13,12 +13,12 @@ STAGE = "prepare"
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.data.h5schema import write_split
-    from hmrmamba.data.synthetic import SyntheticConfig, SyntheticMaker, subject_ids
+    from hmrmamba.data.synthetic.maker import SyntheticConfig, SyntheticMaker, subject_ids
     from hmrmamba.settings import section_settings
 
     name = section_settings(params, "dataset").name
-    if name != "synthetic":  # real benchmarks (h36m, 3dpw, 3dhp): hmrmamba.data.real
-        from hmrmamba.data.real import prepare_real
+    if name != "synthetic":  # real benchmarks (h36m, 3dpw, 3dhp): hmrmamba.data.real.dispatch
+        from hmrmamba.data.real.dispatch import prepare_real
 
         return prepare_real(params, layout)
     cfg = SyntheticConfig.from_params(params["synthetic"])

@@ -14,9 +14,9 @@ STAGE = "report"
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.atomic import atomic_dir
     from hmrmamba.config import resolve_path
-    from hmrmamba.report import build_report
+    from hmrmamba.report.document import build_report
     from hmrmamba.settings import section_settings
-    from hmrmamba.tracking import log_artifact
+    from hmrmamba.mlflow_runs import log_artifact
 
     s = section_settings(params, STAGE)
     out_dir = resolve_path(layout.root, s.dir, field="report.dir")

@@ -12,7 +12,7 @@ STAGE = "train_lift"
 
 
 def objective(p: Mapping[str, Any], image_size: float):
-    from hmrmamba.losses import LiftLossWeights
+    from hmrmamba.train.losses import LiftLossWeights
     from hmrmamba.train.objectives import LiftObjective, loss_weights
 
     return LiftObjective(weights=loss_weights(LiftLossWeights, p.get("loss")), image_size=image_size)

@@ -15,8 +15,8 @@ STAGE = "train_mesh"
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
     import torch
 
-    from hmrmamba.body_model import load_smpl
-    from hmrmamba.losses import MeshLossWeights
+    from hmrmamba.body.body_model import load_smpl
+    from hmrmamba.train.losses import MeshLossWeights
     from hmrmamba.train.experiment import checkpoint_dir, load_mesh_assets, train_stage
     from hmrmamba.train.objectives import MeshObjective, MeshTargets, faces_tensor, loss_weights
 

@@ -48,8 +48,8 @@ def checkpoint_dir(params: Mapping[str, Any], layout: Layout, stage: str) -> Pat
 
 def load_mesh_assets(layout: Layout):
     """Mesh hierarchy, template and H36M regressor from the body_model stage -> MeshAssets."""
-    from hmrmamba.body_model import load_body_arrays
-    from hmrmamba.mesh_sampling import load_mesh_downsampling
+    from hmrmamba.body.body_model import load_body_arrays
+    from hmrmamba.body.mesh_sampling import load_mesh_downsampling
     from hmrmamba.models.reconstructor import mesh_assets_from_hierarchy
 
     arrays = load_body_arrays(layout.body_model)
@@ -122,8 +122,8 @@ def write_curves(layout: Layout, stage: str, history: list[dict[str, float]], *,
     import pandas as pd
 
     from hmrmamba.atomic import atomic_path
-    from hmrmamba.plots import training_curves
-    from hmrmamba.tracking import log_artifact
+    from hmrmamba.report.plots import training_curves
+    from hmrmamba.mlflow_runs import log_artifact
 
     csv = layout.plot(f"{stage}_curve.csv")
     with atomic_path(csv) as tmp:
@@ -136,7 +136,7 @@ def write_curves(layout: Layout, stage: str, history: list[dict[str, float]], *,
 def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, objective_factory,
                 lift_only: bool, init_from: Path | None = None) -> dict[str, Any]:
     """Train one stage with the generic Trainer and return its summary metrics."""
-    from hmrmamba import tracking
+    from hmrmamba import mlflow_runs
     from hmrmamba.config import validate_params
     from hmrmamba.data.loading import load_split_arrays
     from hmrmamba.train import Trainer, make_loader, seed_everything
@@ -194,7 +194,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
                       train_loader=loader, val_fn=validation(val, length=window, lift_only=lift_only),
                       epochs=epochs, ckpt_dir=ckpt_dir, seed=seed,
                       monitor="val_mpjpe", mode="min",
-                      log_fn=lambda m, e: tracking.log_metrics(m, step=e),
+                      log_fn=lambda m, e: mlflow_runs.log_metrics(m, step=e),
                       grad_clip=grad_clip,
                       amp=bool(p.get("amp", False)), compile=bool(p.get("compile", False)),
                       config=config,
@@ -204,7 +204,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")
     best_ckpt = ckpt_dir / "best.pt"
     if p.get("log_checkpoint", True) and best_ckpt.exists() and is_main_process():
-        tracking.log_artifact(best_ckpt, "checkpoints")
+        mlflow_runs.log_artifact(best_ckpt, "checkpoints")
     return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
             "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,
             "final_train_loss": last.get("train_loss"), "final_val_mpjpe": last.get("val_mpjpe"),

@@ -15,8 +15,8 @@ from torch import nn
 
 from hmrmamba.data.loading import SplitArrays
 from hmrmamba.errors import InputError
-from hmrmamba.evaluate import evaluate_predictions, predict_split, run_batch
-from hmrmamba.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
+from hmrmamba.evaluate.protocol import evaluate_predictions, predict_split, run_batch
+from hmrmamba.train.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
 
 
 @dataclass

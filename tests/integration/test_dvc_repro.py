@@ -100,7 +100,7 @@ def test_dvc_repro_runs_every_stage_once_and_reruns_only_downstream_of_a_change(
 
     import mlflow
 
-    from hmrmamba.tracking import local_store_uri
+    from hmrmamba.mlflow_runs import local_store_uri
 
     mlflow.set_tracking_uri(local_store_uri(root))
     sha = _run(["git", "rev-parse", "HEAD"], root, env).strip()

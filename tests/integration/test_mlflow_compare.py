@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _runs(root, experiment: str, flow_run_id: str):
     import mlflow
 
-    from hmrmamba.tracking import local_store_uri
+    from hmrmamba.mlflow_runs import local_store_uri
 
     mlflow.set_tracking_uri(local_store_uri(root))
     return mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.flow_run_id = '{flow_run_id}'")
@@ -60,7 +60,7 @@ def test_stage_runs_hold_the_metrics_and_tags_under_one_parent(flow_project):
 
 def test_compare_gives_one_row_per_variant(flow_project):
     from flows.ablation import ablation
-    from hmrmamba.compare import comparison_table
+    from hmrmamba.report.compare import comparison_table
 
     root, _ = flow_project
     for rows in (["ga"], ["ga"], ["em+im"]):  # ga twice: compare keeps its latest run
@@ -96,7 +96,7 @@ def test_compare_gives_one_row_per_variant(flow_project):
 def _all_evaluate_runs(root, variant: str):
     import mlflow
 
-    from hmrmamba.tracking import local_store_uri
+    from hmrmamba.mlflow_runs import local_store_uri
 
     mlflow.set_tracking_uri(local_store_uri(root))
     return mlflow.search_runs(experiment_names=["evaluate"],

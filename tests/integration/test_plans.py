@@ -165,7 +165,7 @@ def test_flow_scripts_run_from_the_repo_root(tmp_path):
 
 
 def test_markdown_table_and_comparison_files(tmp_path):
-    from hmrmamba.compare import _headline_columns, markdown_table, write_comparison
+    from hmrmamba.report.compare import _headline_columns, markdown_table, write_comparison
 
     assert _headline_columns(["frames", "stage1.d.mpjpe", "d.accel", "d.mpjpe", "d.pa_mpjpe"]) == \
         ["d.mpjpe", "d.pa_mpjpe", "d.accel"]

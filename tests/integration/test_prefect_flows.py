@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,14 +52,20 @@ def test_ablation_rows_run_in_their_own_projects_and_are_compared(ablation_run, 
     root, state = ablation_run
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
-    expected = {"ga+em", "full"} | {f"{s} [{r}]" for s in ("train_lift", "train_mesh", "evaluate")
-                                     for r in ("ga+em", "full")}
+    # both rows have GA, so their stage 1 is the same lifter: trained once, in a task of its own
+    shared = "stage 1 of ga+em, full"
+    expected = {"ga+em", "full", shared, f"train_lift [{shared}]"} | {
+        f"{s} [{r}]" for s in ("train_mesh", "evaluate") for r in ("ga+em", "full")}
     assert runs == {name: ("Completed", "") for name in expected}
-    metrics = {}
+    metrics, lift_dirs = {}, set()
     for row, slug in (("ga+em", "ga-em"), ("full", "full")):
         project = root / "outputs/flows/ablation" / slug
         assert (project / "data").resolve() == (root / "data").resolve()
-        assert (project / "models/lift/best.pt").is_file() and (project / "models/mesh/best.pt").is_file()
+        lift_dir = Path(yaml.safe_load((project / "params.yaml").read_text())["train_lift"]["checkpoint_dir"])
+        lift_dirs.add(lift_dir)
+        assert lift_dir.parent.parent.name.startswith("stage1-") and (lift_dir / "best.pt").is_file()
+        assert (project / "models/mesh/best.pt").is_file()
+        assert (project / "metrics/train_lift.json").is_file()  # the shared stage 1's metrics, copied in
         exp = yaml.safe_load((project / "params.yaml").read_text())["experiment"]
         assert exp["overrides"] == {"ga": True, "em": True, "im": row == "full"}
         metrics[row] = json.loads((project / "metrics/evaluate.json").read_text())["synthetic"]
@@ -81,7 +88,9 @@ def test_detector_flow_compares_by_detector(flow_project, task_runs, artifact):
     state = detectors(root=str(root), detectors=["gt", "sh"], max_parallel=1, return_state=True)
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
-    assert all(s == ("Completed", "") for s in runs.values()) and len(runs) == 8
+    # gt and sh lifters differ: one stage-1 task each, then each row's stage 2
+    assert all(s == ("Completed", "") for s in runs.values()) and len(runs) == 10
+    assert {f"train_lift [stage 1 of {d}]" for d in ("gt", "sh")} <= set(runs)
     table = _rows(artifact("hmrmamba-detectors-comparison", state.state_details.flow_run_id))
     assert [r["detector2d"] for r in table] == ["gt", "sh"]
     for r in table:
@@ -144,9 +153,9 @@ def test_results_flow_writes_the_document_from_its_runs(flow_project, task_runs,
                                "results.table3=[full]", f"results.output={out}"])
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
-    assert set(runs) == {"tiny-cpn-s0", "tiny-gt-s0", "train_lift [tiny-cpn-s0]", "train_mesh [tiny-cpn-s0]",
-                         "evaluate [tiny-cpn-s0]", "train_lift [tiny-gt-s0]", "train_mesh [tiny-gt-s0]",
-                         "evaluate [tiny-gt-s0]"}  # 'full' on cpn with seed 0 is Table 1's run: trained once
+    assert set(runs) == {f"{s} [{r}]" for s in ("train_mesh", "evaluate") for r in ("tiny-cpn-s0", "tiny-gt-s0")} | {
+        "tiny-cpn-s0", "tiny-gt-s0", "stage 1 of tiny-cpn-s0", "stage 1 of tiny-gt-s0",
+        "train_lift [stage 1 of tiny-cpn-s0]", "train_lift [stage 1 of tiny-gt-s0]"}  # 'full' on cpn with seed 0 is Table 1's run: trained once
     md = (root / out).read_text()
     ev = json.loads((root / "outputs/flows/results/tiny-cpn-s0/metrics/evaluate.json").read_text())
     row = next(line for line in md.splitlines() if line.startswith("| `tiny` |"))

@@ -26,10 +26,10 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_dvc_repro_features_on_mini_h36m_videos(tmp_path, make_project):
-    from hmrmamba.data.fabricate import write_mini_h36m
+    from fabricate import write_mini_h36m
     from hmrmamba.data.h5schema import Field, read_split, read_table
-    from hmrmamba.data.h36m import H36M32_TO_17, world_to_camera
-    from hmrmamba.data.h36m_cameras import h36m_camera
+    from hmrmamba.data.real.h36m import H36M32_TO_17, world_to_camera
+    from hmrmamba.data.real.h36m_cameras import h36m_camera
     from hmrmamba.layout import Layout
 
     mini = write_mini_h36m(tmp_path / "h36m", subjects=("S1", "S9"), actions=("Walking", "Photo 1"), frames=10,

@@ -1,1 +1,1 @@
-"""Bad-input, fault-injection and security tests (run by ``python -m hmrmamba.reliability``)."""
+"""Bad-input, fault-injection and security tests (run by ``python -m hmrmamba.report.reliability``)."""

@@ -9,7 +9,7 @@ Every bad input must give a *clean* failure:
   is hashed before and after (:func:`snapshot`), temporary files included.
 
 Tests report what they tried through the ``reliability`` fixture; the records travel as junit-xml
-properties and ``python -m hmrmamba.reliability`` turns them into ``docs/reliability.md``.
+properties and ``python -m hmrmamba.report.reliability`` turns them into ``docs/reliability.md``.
 """
 
 from __future__ import annotations

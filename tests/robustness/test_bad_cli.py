@@ -74,7 +74,7 @@ def test_convert_smpl_bad_inputs(tmp_path, capsys, reliability, monkeypatch, cas
 
 
 def test_convert_smpl_to_and_from_unicode_paths(tmp_path, capsys, reliability):
-    from hmrmamba.body_model import load_body_arrays
+    from hmrmamba.body.body_model import load_body_arrays
 
     src = smpl_pickle(tmp_path / "模型 ünï" / "SMPL ✓.pkl")
     out = tmp_path / "sortie é" / "SMPL ✓.npz"
@@ -87,14 +87,13 @@ def test_convert_smpl_to_and_from_unicode_paths(tmp_path, capsys, reliability):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """An MLflow store with one finished evaluate run tagged with a variant (for ``compare``)."""
-    from hmrmamba import tracking
-
+    from hmrmamba import mlflow_runs
     from .support import own_mlflow_env
 
     root = tmp_path_factory.mktemp("store")
     with own_mlflow_env():
-        with tracking.stage_run("evaluate", root=root, params={}, tags={"variant": "tiny"}):
-            tracking.log_metrics({"mpjpe": 1.0})
+        with mlflow_runs.stage_run("evaluate", root=root, params={}, tags={"variant": "tiny"}):
+            mlflow_runs.log_metrics({"mpjpe": 1.0})
     return root
 
 

@@ -478,7 +478,7 @@ BODY_CASES = [
 
 
 def test_body_model_npz_generated_bad_fields(tmp_path, reliability):
-    from hmrmamba.body_model import REQUIRED_FIELDS, load_body_arrays, validate_body_arrays
+    from hmrmamba.body.body_model import REQUIRED_FIELDS, load_body_arrays, validate_body_arrays
 
     base = {k: np.asarray(v.toarray() if hasattr(v, "toarray") else v) for k, v in smpl_like_dict().items()}
     base["f"] = base["f"].astype(np.int64)
@@ -529,7 +529,7 @@ def test_body_model_npz_generated_bad_fields(tmp_path, reliability):
 
 
 def test_body_model_npz_and_smpl_pickle_truncated(tmp_path, reliability):
-    from hmrmamba.body_model import convert_smpl_pickle, load_body_arrays, save_body_model
+    from hmrmamba.body.body_model import convert_smpl_pickle, load_body_arrays, save_body_model
 
     arrays = {k: np.asarray(v.toarray() if hasattr(v, "toarray") else v) for k, v in smpl_like_dict().items()}
     arrays["f"], arrays["kintree_table"] = (
@@ -661,7 +661,7 @@ def _h36m_params(root, **opts):
 
 @pytest.fixture(scope="module")
 def mini_h36m(tmp_path_factory):
-    from hmrmamba.data.fabricate import write_mini_h36m
+    from fabricate import write_mini_h36m
 
     return write_mini_h36m(
         tmp_path_factory.mktemp("h36m") / "raw", subjects=("S1", "S9"), detectors=("gt",), frames=20
@@ -669,7 +669,7 @@ def mini_h36m(tmp_path_factory):
 
 
 def test_h36m_positions_truncated_anywhere(tmp_path, mini_h36m, reliability):
-    from hmrmamba.data.h36m import POSITIONS_3D_FILE, load_positions_3d
+    from hmrmamba.data.real.h36m import POSITIONS_3D_FILE, load_positions_3d
 
     data = (mini_h36m.root / POSITIONS_3D_FILE).read_bytes()
     tried = 0
@@ -696,9 +696,9 @@ XFAIL_H36M_EMPTY = ()  # was a known gap (an action with 0 frames), fixed in h36
 def test_h36m_bad_positions_stop_prepare_before_writing(tmp_path, mini_h36m, reliability, case):
     import shutil
 
-    from hmrmamba.data.fabricate import save_object_npz
-    from hmrmamba.data.h36m import POSITIONS_3D_FILE
-    from hmrmamba.data.real import prepare_real
+    from fabricate import save_object_npz
+    from hmrmamba.data.real.h36m import POSITIONS_3D_FILE
+    from hmrmamba.data.real.dispatch import prepare_real
     from hmrmamba.layout import Layout
 
     raw = tmp_path / "raw"
@@ -729,8 +729,8 @@ def test_h36m_bad_positions_stop_prepare_before_writing(tmp_path, mini_h36m, rel
 
 
 def test_3dpw_sequence_truncated_anywhere(tmp_path, reliability):
-    from hmrmamba.data.fabricate import write_mini_3dpw
-    from hmrmamba.data.pw3d import read_sequence
+    from fabricate import write_mini_3dpw
+    from hmrmamba.data.real.pw3d import read_sequence
 
     mini = write_mini_3dpw(tmp_path / "raw", splits={"test": (1,)}, frames=5)
     path = next(iter(mini.files.values()))
@@ -763,8 +763,8 @@ def test_3dpw_sequence_truncated_anywhere(tmp_path, reliability):
     ],
 )
 def test_3dpw_bad_values(tmp_path, reliability, case, field):
-    from hmrmamba.data.fabricate import write_mini_3dpw
-    from hmrmamba.data.pw3d import read_sequence
+    from fabricate import write_mini_3dpw
+    from hmrmamba.data.real.pw3d import read_sequence
 
     mini = write_mini_3dpw(tmp_path / "raw", splits={"test": (1,)}, frames=5)
     path, d = next(iter(mini.files.values())), dict(next(iter(mini.sequences.values())))
@@ -799,8 +799,8 @@ def test_3dpw_bad_values(tmp_path, reliability, case, field):
 
 
 def test_3dhp_annotations_truncated_anywhere(tmp_path, reliability):
-    from hmrmamba.data.fabricate import write_mini_3dhp
-    from hmrmamba.data.mpi3dhp import read_sequence
+    from fabricate import write_mini_3dhp
+    from hmrmamba.data.real.mpi3dhp import read_sequence
 
     mini = write_mini_3dhp(tmp_path / "raw", sequences=("TS1",), frames=10)
     data = mini.files["TS1"].read_bytes()
@@ -832,7 +832,7 @@ def amass_arrays(T=6, width=156):
 
 
 def test_amass_generated_bad_arrays(tmp_path, reliability):
-    from hmrmamba.data.amass import read_amass
+    from hmrmamba.data.mocap.amass import read_amass
 
     tried = 0
     keys = ["poses", "trans", "betas", "mocap_framerate"]
@@ -875,7 +875,7 @@ def test_amass_generated_bad_arrays(tmp_path, reliability):
 
 @pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
 def test_amass_complex_numbers_are_refused(tmp_path, reliability):
-    from hmrmamba.data.amass import read_amass
+    from hmrmamba.data.mocap.amass import read_amass
 
     arrays = amass_arrays()
     arrays["poses"] = arrays["poses"].astype(np.complex128) + 1j
@@ -886,7 +886,7 @@ def test_amass_complex_numbers_are_refused(tmp_path, reliability):
 
 
 def test_amass_truncated_anywhere(tmp_path, reliability):
-    from hmrmamba.data.amass import read_amass
+    from hmrmamba.data.mocap.amass import read_amass
 
     good = tmp_path / "good.npz"
     np.savez_compressed(good, **amass_arrays())
@@ -933,7 +933,7 @@ Frame Time: 0.0333333
 
 
 def test_bvh_truncated_anywhere_parses_or_fails_cleanly(tmp_path, reliability):
-    from hmrmamba.data.bvh import read_bvh
+    from hmrmamba.data.mocap.bvh import read_bvh
 
     tried = 0
 
@@ -974,7 +974,7 @@ def test_bvh_truncated_anywhere_parses_or_fails_cleanly(tmp_path, reliability):
     ],
 )
 def test_bvh_bad_values(tmp_path, reliability, case, old, new, field):
-    from hmrmamba.data.bvh import read_bvh
+    from hmrmamba.data.mocap.bvh import read_bvh
 
     path = tmp_path / f"{case}.bvh"
     path.write_text(BVH.replace(old, new, 1))
@@ -994,10 +994,10 @@ UNICODE_DIR = "données 数据 ünï"
     ["split", "table", "keypoints", "body_model", "smpl_pickle", "checkpoint", "amass", "bvh", "pw3d"],
 )
 def test_unicode_paths_missing_and_corrupt(tmp_path, reliability, reader):
-    from hmrmamba.body_model import convert_smpl_pickle, load_body_arrays
-    from hmrmamba.data.amass import read_amass
-    from hmrmamba.data.bvh import read_bvh
-    from hmrmamba.data.pw3d import read_sequence
+    from hmrmamba.body.body_model import convert_smpl_pickle, load_body_arrays
+    from hmrmamba.data.mocap.amass import read_amass
+    from hmrmamba.data.mocap.bvh import read_bvh
+    from hmrmamba.data.real.pw3d import read_sequence
     from hmrmamba.detect.sources import load_keypoints_file
     from hmrmamba.train.checkpoint import load_checkpoint
 

@@ -52,6 +52,7 @@ SECTION_STAGE = {
     "seed": "prepare",
     "runtime": "prepare",
     "tracking": "prepare",
+    "flows": "prepare",
     "detect2d": "detect2d",
     "features": "features",
     "experiment": "train_lift",
@@ -470,11 +471,11 @@ def test_stage_run_with_bad_inputs(project, reliability, case, monkeypatch):
 XFAIL_RUN = {
     "prepare: no splits": (
         "SyntheticConfig.from_params accepts `splits: {}` and prepare then writes nothing. Fix: "
-        "hmrmamba/data/synthetic.py from_params, next to the frames check: `if not cfg.splits: raise "
+        "hmrmamba/data/synthetic/maker.py from_params, next to the frames check: `if not cfg.splits: raise "
         "InputError('no splits', file='params.yaml', field='synthetic.splits', expected='at least one split')`"
     ),
     "prepare: camera distance range reversed": (
-        "numpy's 'high - low < 0' escapes from rng.uniform. Fix: hmrmamba/data/synthetic.py from_params: check "
+        "numpy's 'high - low < 0' escapes from rng.uniform. Fix: hmrmamba/data/synthetic/maker.py from_params: check "
         "every camera range is [lo, hi] with lo <= hi (and distance > 0), naming synthetic.camera.<key>"
     ),
     "train_lift: checkpoint_dir escapes the project": (

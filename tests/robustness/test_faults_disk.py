@@ -90,7 +90,7 @@ def _write(kind: str, path: Path, *, version: int) -> None:
     elif kind == "write_npz":
         write_npz(path, a=np.full(3000, version))
     elif kind == "save_body_model":
-        from hmrmamba.body_model import save_body_model
+        from hmrmamba.body.body_model import save_body_model
 
         from .test_bad_files import smpl_like_dict
 

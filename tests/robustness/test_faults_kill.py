@@ -346,9 +346,9 @@ def test_training_killed_then_resumed_equals_an_uninterrupted_run_bit_for_bit(
 STORE_WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from hmrmamba import tracking
-    with tracking.stage_run("prepare", root=Path(sys.argv[1]), params={"x": 1}):
-        tracking.log_metrics({"m": 1.0})
+    from hmrmamba import mlflow_runs
+    with mlflow_runs.stage_run("prepare", root=Path(sys.argv[1]), params={"x": 1}):
+        mlflow_runs.log_metrics({"m": 1.0})
 """)
 
 
@@ -356,8 +356,7 @@ STORE_WRITER = textwrap.dedent("""
 def test_mlflow_store_creation_killed_at_a_random_moment(tmp_path, reliability, seed):
     """A stage killed while MLflow creates a fresh sqlite store (its first run in a project) leaves
     either no store or a complete one: the next run logs normally."""
-    from hmrmamba import tracking
-
+    from hmrmamba import mlflow_runs
     from .support import own_mlflow_env
 
     root = tmp_path / "project"
@@ -377,11 +376,11 @@ def test_mlflow_store_creation_killed_at_a_random_moment(tmp_path, reliability, 
         p.wait()
         running = True
     with own_mlflow_env():
-        with tracking.stage_run("prepare", root=root, params={"x": 2}) as run:
-            tracking.log_metrics({"m": 2.0})
+        with mlflow_runs.stage_run("prepare", root=root, params={"x": 2}) as run:
+            mlflow_runs.log_metrics({"m": 2.0})
     from mlflow.tracking import MlflowClient
 
-    got = MlflowClient(tracking.local_store_uri(root)).get_run(run.info.run_id)
+    got = MlflowClient(mlflow_runs.local_store_uri(root)).get_run(run.info.run_id)
     assert got.info.status == "FINISHED" and got.data.metrics["m"] == 2.0
     assert temp_files(root) == []
     reliability.fault(

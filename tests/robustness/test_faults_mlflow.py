@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hmrmamba import tracking
-from hmrmamba.tracking import TrackingUnavailable
+from hmrmamba import mlflow_runs
+from hmrmamba.mlflow_runs import TrackingUnavailable
 
 from .support import PYTHON, expect_clean_failure, load_yaml_params, own_mlflow_env, snapshot, subprocess_env
 
@@ -116,7 +116,7 @@ def test_unreachable_server_with_explicit_local_fallback(project, reliability, c
     )
     with own_mlflow_env():
         metrics = detect2d_call(project, params)()
-        mlflow.set_tracking_uri(tracking.local_store_uri(project))
+        mlflow.set_tracking_uri(mlflow_runs.local_store_uri(project))
         runs = mlflow.search_runs(experiment_names=["detect2d"], output_format="list")
     assert "falling back to the local store" in caplog.text
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -141,7 +141,7 @@ def test_server_going_down_mid_run_fails_within_a_deadline(
     """The server answers the reachability check, then disappears (connections refused) or hangs
     (connections accepted, never answered): MLflow's client would retry for ~4 minutes per request;
     the bounded retries and timeouts give a clear error within ``limit`` seconds."""
-    for key in tracking.HTTP_LIMITS:
+    for key in mlflow_runs.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -149,7 +149,7 @@ def test_server_going_down_mid_run_fails_within_a_deadline(
     t0 = time.monotonic()
     with own_mlflow_env():
         err = expect_clean_failure(
-            lambda: tracking.stage_run(
+            lambda: mlflow_runs.stage_run(
                 "train_lift", root=tmp_path, params={"lr": 1}, tracking={"uri": uri}
             ).__enter__(),
             exc_type=TrackingUnavailable,
@@ -161,7 +161,7 @@ def test_server_going_down_mid_run_fails_within_a_deadline(
     assert uri in str(err)
     how = "refuses connections" if handler is HealthThenGone else "stops answering (requests hang)"
     reliability.fault(
-        "tracking.stage_run",
+        "mlflow_runs.stage_run",
         f"MLflow server {how} right after the reachability check",
         detail=f"clear error after {elapsed:.1f} s (bounded retries and timeouts)",
     )
@@ -170,13 +170,13 @@ def test_server_going_down_mid_run_fails_within_a_deadline(
 WRITER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from hmrmamba import tracking
+    from hmrmamba import mlflow_runs
     root, who, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     while not go.exists():
         time.sleep(0.01)
-    with tracking.stage_run("evaluate", root=root, params={"who": who, "n": n}, tags={"who": who}) as run:
+    with mlflow_runs.stage_run("evaluate", root=root, params={"who": who, "n": n}, tags={"who": who}) as run:
         for i in range(n):
-            tracking.log_metrics({"value": float(i), "who": float(ord(who[-1]))}, step=i)
+            mlflow_runs.log_metrics({"value": float(i), "who": float(ord(who[-1]))}, step=i)
     print(run.info.run_id)
 """)
 
@@ -190,7 +190,7 @@ def test_parallel_runs_in_one_sqlite_store_are_neither_lost_nor_mixed(tmp_path, 
     root.mkdir()
     if store == "existing":
         with own_mlflow_env():
-            with tracking.stage_run("evaluate", root=root, params={"who": "setup"}, tags={"who": "setup"}):
+            with mlflow_runs.stage_run("evaluate", root=root, params={"who": "setup"}, tags={"who": "setup"}):
                 pass
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -212,7 +212,7 @@ def test_parallel_runs_in_one_sqlite_store_are_neither_lost_nor_mixed(tmp_path, 
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, f"{who} failed:\n{err[-3000:]}"
         run_ids[who] = out.strip().splitlines()[-1]
-    client = MlflowClient(tracking_uri=tracking.local_store_uri(root))
+    client = MlflowClient(tracking_uri=mlflow_runs.local_store_uri(root))
     exp = client.get_experiment_by_name("evaluate")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 3 + (store == "existing")
@@ -245,7 +245,7 @@ def test_stage_command_with_the_server_down_prints_one_line(project, reliability
 @pytest.mark.slow
 def test_real_mlflow_server_killed_mid_run(tmp_path, reliability, monkeypatch):
     """A real ``mlflow server`` (127.0.0.1) is killed while a stage logs to it: clear error in bounded time."""
-    for key in tracking.HTTP_LIMITS:
+    for key in mlflow_runs.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     port = closed_port()
     server = subprocess.Popen(
@@ -271,7 +271,7 @@ def test_real_mlflow_server_killed_mid_run(tmp_path, reliability, monkeypatch):
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while not tracking.server_reachable(uri, timeout=1.0):
+        while not mlflow_runs.server_reachable(uri, timeout=1.0):
             assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
         logger = subprocess.Popen(
@@ -280,16 +280,16 @@ def test_real_mlflow_server_killed_mid_run(tmp_path, reliability, monkeypatch):
                 "-c",
                 textwrap.dedent(f"""
             import sys, time
-            from hmrmamba import tracking
+            from hmrmamba import mlflow_runs
             from pathlib import Path
             try:
-                with tracking.stage_run("train_lift", root=Path({str(tmp_path)!r}), params={{}},
+                with mlflow_runs.stage_run("train_lift", root=Path({str(tmp_path)!r}), params={{}},
                                         tracking={{"uri": {uri!r}}}):
                     print("started", flush=True)
                     for i in range(100000):
-                        tracking.log_metrics({{"loss": 1.0 / (i + 1)}}, step=i)
+                        mlflow_runs.log_metrics({{"loss": 1.0 / (i + 1)}}, step=i)
                         time.sleep(0.05)
-            except tracking.TrackingUnavailable as exc:
+            except mlflow_runs.TrackingUnavailable as exc:
                 print("TrackingUnavailable:", exc, file=sys.stderr)
                 sys.exit(3)
         """),
@@ -318,7 +318,7 @@ def test_real_mlflow_server_killed_mid_run(tmp_path, reliability, monkeypatch):
     assert logger.returncode == 3, err[-3000:]
     assert "stopped answering during the run" in err and uri in err
     reliability.fault(
-        "tracking.stage_run",
+        "mlflow_runs.stage_run",
         "real mlflow server killed (SIGKILL) mid-run",
         detail=f"clear error {elapsed:.1f} s after the kill",
     )

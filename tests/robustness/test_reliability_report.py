@@ -1,10 +1,10 @@
-"""``hmrmamba.reliability`` reads the junit report's records and counts them into docs/reliability.md."""
+"""``hmrmamba.report.reliability`` reads the junit report's records and counts them into docs/reliability.md."""
 
 from __future__ import annotations
 
 import json
 
-from hmrmamba.reliability import read_junit, render, summarise_audit
+from hmrmamba.report.reliability import read_junit, render, summarise_audit
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="5">
@@ -42,7 +42,7 @@ def test_records_are_counted_by_kind_and_outcome(tmp_path):
     cases = read_junit(path)
     assert [c.outcome for c in cases] == ["passed", "passed", "failed", "xfailed", "skipped"]
     assert len(cases[0].records) == 2 and cases[2].message == "AssertionError: boom"
-    md = render(cases, None, command="python -m hmrmamba.reliability", slow=False)
+    md = render(cases, None, command="python -m hmrmamba.report.reliability", slow=False)
     assert "| tests passed | 2 |" in md and "| tests failed | 1 |" in md
     assert "| distinct bad inputs tried / refused cleanly | 3 / 2 |" in md
     assert "| generated bad inputs (hypothesis examples) tried | 42 |" in md

@@ -73,7 +73,7 @@ def _no_side_effect(marker: Path) -> None:
 
 @pytest.mark.parametrize("gadget", GADGETS)
 def test_smpl_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, marker, reliability, gadget):
-    from hmrmamba.body_model import convert_smpl_pickle
+    from hmrmamba.body.body_model import convert_smpl_pickle
 
     from .test_bad_files import smpl_like_dict
 
@@ -92,8 +92,8 @@ def test_smpl_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, marker, 
 
 @pytest.mark.parametrize("gadget", GADGETS)
 def test_3dpw_sequence_with_a_payload_is_refused_and_never_runs(tmp_path, marker, reliability, gadget):
-    from hmrmamba.data.fabricate import write_mini_3dpw
-    from hmrmamba.data.real import prepare_real
+    from fabricate import write_mini_3dpw
+    from hmrmamba.data.real.dispatch import prepare_real
     from hmrmamba.layout import Layout
 
     mini = write_mini_3dpw(tmp_path / "raw", splits={"test": (1,)}, frames=5)
@@ -117,16 +117,16 @@ def test_3dpw_sequence_with_a_payload_is_refused_and_never_runs(tmp_path, marker
 
 @pytest.mark.parametrize("where", ["h36m positions_3d", "mesh_downsampling A"])
 def test_object_npz_with_a_payload_is_refused_and_never_runs(tmp_path, marker, reliability, where):
-    from hmrmamba.data.fabricate import save_object_npz
+    from fabricate import save_object_npz
 
     payload = _gadgets(marker)["os.system"]
     if where.startswith("h36m"):
-        from hmrmamba.data.h36m import load_positions_3d
+        from hmrmamba.data.real.h36m import load_positions_3d
 
         path = save_object_npz(tmp_path / "data_3d_h36m.npz", positions_3d={"S1": {"Walking": payload}})
         call = lambda: load_positions_3d(path)
     else:
-        from hmrmamba.mesh_sampling import load_mesh_downsampling
+        from hmrmamba.body.mesh_sampling import load_mesh_downsampling
 
         path = save_object_npz(tmp_path / "mesh_downsampling.npz", A=[payload], D=[], U=[])
         call = lambda: load_mesh_downsampling(path)

@@ -133,7 +133,7 @@ def test_real_pickles_still_load_after_the_limits(tmp_path):
     """Everything a real file holds round-trips, values and types (py2 latin-1 3DPW included)."""
     import scipy.sparse as sp
 
-    from hmrmamba.data.fabricate import py2_pickle_dumps
+    from fabricate import py2_pickle_dumps
     from hmrmamba.safe_pickle import safe_loads
 
     d = {"a": np.arange(12.0).reshape(3, 4), "f": np.asfortranarray(np.ones((2, 3), np.float32)),
@@ -157,8 +157,8 @@ def test_3dpw_fixture_is_a_python2_latin1_pickle(tmp_path, reliability):
     names, readable only with ``encoding='latin1'``. The fixture is one, and the reader reads it."""
     import pickletools
 
-    from hmrmamba.data.fabricate import write_mini_3dpw
-    from hmrmamba.data.pw3d import read_sequence
+    from fabricate import write_mini_3dpw
+    from hmrmamba.data.real.pw3d import read_sequence
 
     mini = write_mini_3dpw(tmp_path / "raw", splits={"test": (1,)}, frames=6)
     path = next(iter(mini.files.values()))
@@ -260,7 +260,7 @@ def _big_png(path: Path, side: int = 10_000) -> Path:
 def test_demo_frames_of_10000x10000_are_refused_by_the_header(tmp_path, reliability):
     import shutil
 
-    from hmrmamba.video import MAX_FRAME_PIXELS, VideoReader
+    from hmrmamba.data.video import MAX_FRAME_PIXELS, VideoReader
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -276,7 +276,7 @@ def test_demo_frames_of_10000x10000_are_refused_by_the_header(tmp_path, reliabil
 def test_a_huge_frame_later_in_the_folder_is_refused_before_decoding(tmp_path, reliability):
     from PIL import Image
 
-    from hmrmamba.video import VideoReader
+    from hmrmamba.data.video import VideoReader
 
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -1,17 +1,20 @@
-"""Stage-1 MPJPE of `tiny` by the dual scan's local order and direction, on the project's data.
+"""Stage-1 MPJPE of `tiny` under named settings of the lifter or its training, on the project's data.
 
 Each setting trains the stage-1 lifter with the real ``train_lift`` stage (``train_stage``: the
 default profile's data windows, objective, optimiser groups and validation) for ``--epochs`` epochs
 per seed, then scores its best-on-val checkpoint on the test split. Prints a markdown table of val
 and test MPJPE (mm, mean ± std over seeds) and seconds per epoch.
 
-    .venv/bin/python benchmarks/bench_scan_order.py [--epochs 4] [--seeds 0 1 2] [--threads 1]
+    .venv/bin/python benchmarks/bench_lift_settings.py --study scan [--epochs 4] [--seeds 0 1 2] [--threads 1]
+    .venv/bin/python benchmarks/bench_lift_settings.py --study schedule --epochs 12
 
-Settings (lifter overrides ``kinematic_scan`` / ``bidirectional``; docs/model.md):
+Studies (docs/model.md, docs/training.md):
 
-- ``limbs, one-way``: the first version's local order, both branches forward only;
-- ``tree, one-way``: the depth-first walk of the kinematic tree (revisits pelvis and thorax);
-- ``tree, both ways``: the walk, each branch also scanned reversed by its own Mamba.
+- ``scan``: the dual scan's local order and direction (lifter overrides ``kinematic_scan`` /
+  ``bidirectional``): ``limbs, one-way`` (the first version's order, both branches forward only),
+  ``tree, one-way`` (the depth-first walk of the kinematic tree, revisiting pelvis and thorax),
+  ``tree, both ways`` (the walk, each branch also scanned reversed by its own Mamba);
+- ``schedule``: the learning-rate decay per epoch (``train_lift.lr_decay``) over ``--epochs``.
 
 It copies the split files it reads (prepared, detections, features) into ``--work`` (default: a
 temporary folder) first, so other jobs rewriting ``data/`` cannot change a measurement half-way,
@@ -32,10 +35,18 @@ from pathlib import Path
 
 import torch
 
-SETTINGS = {
-    "limbs, one-way": {"kinematic_scan": "limbs", "bidirectional": False},
-    "tree, one-way": {"kinematic_scan": "tree", "bidirectional": False},
-    "tree, both ways": {"kinematic_scan": "tree", "bidirectional": True},
+#: study -> setting -> (lifter overrides, train_lift overrides)
+STUDIES: dict[str, dict[str, tuple[dict, dict]]] = {
+    "scan": {
+        "limbs, one-way": ({"kinematic_scan": "limbs", "bidirectional": False}, {}),
+        "tree, one-way": ({"kinematic_scan": "tree", "bidirectional": False}, {}),
+        "tree, both ways": ({"kinematic_scan": "tree", "bidirectional": True}, {}),
+    },
+    "schedule": {
+        "lr_decay 0.99": ({}, {"lr_decay": 0.99}),
+        "lr_decay 0.9": ({}, {"lr_decay": 0.9}),
+        "lr_decay 0.8": ({}, {"lr_decay": 0.8}),
+    },
 }
 
 
@@ -50,7 +61,7 @@ def copy_inputs(root: Path, work: Path) -> None:
                 shutil.copyfile(src, dst)
 
 
-def run_one(params: dict, layout, overrides: dict, *, seed: int, epochs: int, tag: str) -> dict:
+def run_one(params: dict, layout, overrides: dict, train: dict, *, seed: int, epochs: int, tag: str) -> dict:
     """Train one setting and seed -> {"val": best val MPJPE, "test": its test MPJPE, "sec": s/epoch}."""
     from hmrmamba.data.loading import load_split_arrays
     from hmrmamba.stages.train_lift import STAGE, objective
@@ -60,7 +71,7 @@ def run_one(params: dict, layout, overrides: dict, *, seed: int, epochs: int, ta
 
     p = dict(params)
     p["experiment"] = {**params["experiment"], "overrides": {**params["experiment"]["overrides"], **overrides}}
-    p[STAGE] = {**params[STAGE], "epochs": epochs, "seed": seed, "resume": False, "log_checkpoint": False,
+    p[STAGE] = {**params[STAGE], **train, "epochs": epochs, "seed": seed, "resume": False, "log_checkpoint": False,
                 "checkpoint_dir": f"models/{tag}-s{seed}"}
     summary = train_stage(STAGE, p, layout, objective_factory=objective, lift_only=True)
     model, _ = load_trained(layout.root / p[STAGE]["checkpoint_dir"] / "best.pt", layout, lift_only=True)
@@ -83,7 +94,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--study", choices=list(STUDIES), default="scan")
+    ap.add_argument("--settings", nargs="+", help="a subset of the study's settings (default: all)")
     ap.add_argument("--map-dim", default="0", help="GA's map channels: 0 (global features only) or 'auto'")
     ap.add_argument("--work", type=Path, default=None, help="where to copy the inputs and train (kept)")
     args = ap.parse_args()
@@ -93,22 +105,27 @@ def main() -> None:
     if args.map_dim != "auto":
         params["experiment"] = {**params["experiment"],
                                 "overrides": {**params["experiment"]["overrides"], "map_dim": int(args.map_dim)}}
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scan_order-"))
+    study = STUDIES[args.study]
+    unknown = sorted(set(args.settings or ()) - set(study))
+    if unknown:
+        ap.error(f"--settings {unknown}: not in study {args.study!r} ({', '.join(study)})")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_lift_settings-"))
     copy_inputs(root, work)
     layout = Layout(work)
     rows = {}
-    for name in args.settings:
+    for name in args.settings or list(study):
+        model_overrides, train_overrides = study[name]
         for seed in args.seeds:
             t0 = time.perf_counter()
-            r = run_one(params, layout, SETTINGS[name], seed=seed, epochs=args.epochs,
-                        tag=name.replace(", ", "-").replace(" ", "_"))
+            r = run_one(params, layout, model_overrides, train_overrides, seed=seed, epochs=args.epochs,
+                        tag=name.replace(", ", "-").replace(" ", "_").replace(".", ""))
             rows.setdefault(name, []).append(r)
             print(f"# {name}, seed {seed}: val {r['val']:.1f} mm, test {r['test']:.1f} mm, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\n`tiny` stage 1, variant overrides {params['experiment']['overrides']}, detector "
           f"{params['experiment']['detector']}, {args.epochs} epochs, seeds {args.seeds}, "
           f"{args.threads} thread(s); work dir {work}\n")
-    print("| local scan, branches | lifter params | val MPJPE (mm) | test MPJPE (mm) | s / epoch |")
+    print(f"| {args.study} setting | lifter params | val MPJPE (mm) | test MPJPE (mm) | s / epoch |")
     print("|---|---|---|---|---|")
     for name, rs in rows.items():
         print(f"| {name} | {rs[0]['params'] * 1e3:.1f}k | {mean_std([r['val'] for r in rs])} | "

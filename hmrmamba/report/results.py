@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hmrmamba.errors import InputError, MissingFileError
-from hmrmamba.metric_names import METRIC_HEADERS, TABLE_METRICS
+from hmrmamba.evaluate.metric_names import METRIC_HEADERS, TABLE_METRICS
 
 FLAGS = ("ga", "em", "im")
 METRICS = TABLE_METRICS
@@ -173,7 +173,7 @@ def mean_pose_baseline(layout, *, split: str, detector: str, dataset: str) -> di
     import numpy as np
 
     from hmrmamba.data.loading import load_split_arrays
-    from hmrmamba.evaluate import Predictions, evaluate_predictions
+    from hmrmamba.evaluate.protocol import Predictions, evaluate_predictions
     from hmrmamba.skeleton import H36M_EVAL14
 
     train = load_split_arrays(layout, "train", detector=detector)

@@ -1,10 +1,10 @@
 """What every real-data reader shares: the in-memory split, its builder, SMPL and camera helpers,
 option and file checks.
 
-The readers (:mod:`hmrmamba.data.h36m`, :mod:`hmrmamba.data.pw3d`, :mod:`hmrmamba.data.mpi3dhp`)
-import this module only; the registry that picks one (:mod:`hmrmamba.data.readers`) and the stage
-entry points (:mod:`hmrmamba.data.real`) sit above them, so no reader imports its dispatcher.
-Conventions of the arrays: see :mod:`hmrmamba.data.real` and ``docs/real_data.md``.
+The readers (:mod:`hmrmamba.data.real.h36m`, :mod:`hmrmamba.data.real.pw3d`, :mod:`hmrmamba.data.real.mpi3dhp`)
+import this module only; the registry that picks one (:mod:`hmrmamba.data.real.registry`) and the stage
+entry points (:mod:`hmrmamba.data.real.dispatch`) sit above them, so no reader imports its dispatcher.
+Conventions of the arrays: see :mod:`hmrmamba.data.real.dispatch` and ``docs/real_data.md``.
 """
 
 from __future__ import annotations

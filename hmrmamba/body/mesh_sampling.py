@@ -530,7 +530,7 @@ def load_mesh_downsampling(path: str | Path) -> MeshHierarchy:
     if not path.is_file():
         raise MissingFileError(
             "mesh downsampling file not found; create it with the `body_model` stage "
-            "(hmrmamba.mesh_sampling.compute_downsampling) or copy GraphCMR/PMCE's "
+            "(hmrmamba.body.mesh_sampling.compute_downsampling) or copy GraphCMR/PMCE's "
             "mesh_downsampling.npz there", file=path)
     try:
         zf = zipfile.ZipFile(path)

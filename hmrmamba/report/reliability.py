@@ -1,6 +1,6 @@
 """Run the bad-input, fault-injection and security suite and write ``docs/reliability.md``.
 
-``python -m hmrmamba.reliability`` runs ``pytest tests/robustness tests/test_security_lint.py``
+``python -m hmrmamba.report.reliability`` runs ``pytest tests/robustness tests/test_security_lint.py``
 (the fast subset; ``--slow`` adds the whole-stage kill tests and the real MLflow server) with a
 junit-xml report, reads the records the tests attach to it (``reliability`` properties: bad inputs
 tried, faults injected, runs compared bit for bit, security checks), runs ``pip-audit`` on the
@@ -316,7 +316,7 @@ def render(cases: list[Case], audit: dict[str, Any] | None, *, command: str, slo
             lines.append(
                 "**Nothing could be audited here**: neither vulnerability service was reachable from "
                 "this machine, so this is not a clean bill of health. Re-run `python -m "
-                "hmrmamba.reliability` (or `pip-audit`) on a machine with access to PyPI's JSON API or "
+                "hmrmamba.report.reliability` (or `pip-audit`) on a machine with access to PyPI's JSON API or "
                 "api.osv.dev."
             )
     slowest = sorted(cases, key=lambda c: -c.seconds)[:5]
@@ -333,7 +333,7 @@ def render(cases: list[Case], audit: dict[str, Any] | None, *, command: str, slo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hmrmamba.reliability", description=__doc__.split("\n\n")[0]
+        prog="python -m hmrmamba.report.reliability", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--slow", action="store_true", help="also run the slow tests (whole-stage kills, ...)"
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     elif not args.no_audit:
         audit = run_pip_audit(root)
-    command = "python -m hmrmamba.reliability" + (" --slow" if args.slow else "")
+    command = "python -m hmrmamba.report.reliability" + (" --slow" if args.slow else "")
     out = root / args.output
     with atomic_path(out) as tmp_md:
         tmp_md.write_text(render(cases, audit, command=command, slow=args.slow), encoding="utf-8")

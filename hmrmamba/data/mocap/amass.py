@@ -1,4 +1,4 @@
-"""AMASS ``.npz`` motions -> SMPL :class:`~hmrmamba.data.motion.MotionClip` in a y-up world.
+"""AMASS ``.npz`` motions -> SMPL :class:`~hmrmamba.data.synthetic.motion.MotionClip` in a y-up world.
 
 AMASS stores SMPL-H (``poses`` (T, 156)) or SMPL-X (``poses`` (T, 165)) parameters: global
 orientation + 21 body joints in the first 66 numbers, then hands (and face). SMPL's 24-joint
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data.motion import MotionClip, resample_clip
+from hmrmamba.data.synthetic.motion import MotionClip, resample_clip
 from hmrmamba.errors import InputError, MissingFileError
 
 #: Approximate rest pelvis joint of the SMPL mean shape (metres, SMPL's own y-up frame).

@@ -17,7 +17,7 @@ Conversion:
 
 * 32 -> 17 joints with :data:`H36M32_TO_17` (VideoPose3D's kept joints) -- the order of
   :data:`hmrmamba.skeleton.H36M17`;
-* world -> camera with the published extrinsics (:mod:`hmrmamba.data.h36m_cameras`):
+* world -> camera with the published extrinsics (:mod:`hmrmamba.data.real.h36m_cameras`):
   ``x_cam = R(q)^T (x_world - T / 1000)``, VideoPose3D's ``world_to_camera``;
 * 50 -> 25 fps by keeping every ``stride``-th frame (default 2), starting at frame 0; 2D files
   are subsampled identically, so rows stay aligned;
@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.h36m_cameras import CAMERA_IDS, NUM_CAMERAS, SUBJECTS, H36MCamera, h36m_camera
-from hmrmamba.data.reader_tools import (
+from hmrmamba.data.real.h36m_cameras import CAMERA_IDS, NUM_CAMERAS, SUBJECTS, H36MCamera, h36m_camera
+from hmrmamba.data.real.tools import (
     PreparedSplit,
     SplitBuilder,
     check_options,
@@ -702,7 +702,7 @@ def load_smpl_fits(
 
 def rest_pelvis_fn(body_model: Path):
     """betas (N, B) -> SMPL rest pelvis joints (N, 3) metres, for the body model file."""
-    from hmrmamba.body_model import load_body_arrays
+    from hmrmamba.body.body_model import load_body_arrays
 
     arrays = load_body_arrays(body_model)
     reg0 = arrays["J_regressor"][0]

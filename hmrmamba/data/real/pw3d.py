@@ -22,7 +22,7 @@ trans`` and ``trans_cam = R (trans + j0) + t - j0`` need no body model.
 ``joints3d`` (H36M-17):
 
 * with the gendered SMPL models (``datasets.pw3d.smpl_male`` / ``smpl_female``, body-model
-  ``.npz`` files, see :mod:`hmrmamba.body_model`): regressed from the camera-frame mesh with the
+  ``.npz`` files, see :mod:`hmrmamba.body.body_model`): regressed from the camera-frame mesh with the
   H36M regressor (``datasets.pw3d.h36m_regressor``, or the male model's ``J_regressor_h36m``) --
   the PMCE/ARTS protocol; the mesh ground truth (MPVPE) is then available (``attrs["has_mesh_gt"]``);
 * without them: from ``jointPositions`` by :data:`SMPL24_TO_H36M17` (approximate, a few cm on
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.data.reader_tools import (
+from hmrmamba.data.real.tools import (
     PreparedSplit,
     SplitBuilder,
     check_options,
@@ -318,8 +318,8 @@ class GenderedMesh:
     def __init__(self, *, male: Path, female: Path, h36m_regressor: Path | None):
         import torch
 
-        from hmrmamba.body_model import h36m_regressor as load_regressor
-        from hmrmamba.body_model import load_smpl
+        from hmrmamba.body.body_model import h36m_regressor as load_regressor
+        from hmrmamba.body.body_model import load_smpl
 
         self.models = {"m": load_smpl(male), "f": load_smpl(female)}
         self.reg = load_regressor(h36m_regressor or male).to(torch.float32)
@@ -447,7 +447,7 @@ def build_pw3d(
             "joints3d_source": (
                 "H36M regressor on the gendered SMPL mesh"
                 if mesh is not None
-                else "jointPositions (SMPL-24) -> H36M-17 by hmrmamba.data.pw3d.SMPL24_TO_H36M17"
+                else "jointPositions (SMPL-24) -> H36M-17 by hmrmamba.data.real.pw3d.SMPL24_TO_H36M17"
             ),
             "joints2d_source": "projected with cam_intrinsics",
             "mesh_gt_note": (

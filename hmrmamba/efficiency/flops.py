@@ -254,7 +254,7 @@ def cost_table(names: list[str] | tuple[str, ...] = ("hmrmamba-s", "hmrmamba-l",
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m hmrmamba.flops [variant ...]
+if __name__ == "__main__":  # python -m hmrmamba.efficiency.flops [variant ...]
     import sys
 
     print(cost_table(tuple(sys.argv[1:]) or ("hmrmamba-s", "hmrmamba-l", "hmrmamba-s-vanilla", "pmce")))

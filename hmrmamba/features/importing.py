@@ -160,7 +160,7 @@ def match_rows(imported: ImportedFeatures, *, seq_name: np.ndarray, frame: np.nd
 def match_split_rows(imported: ImportedFeatures, data, *, frame: np.ndarray, split: str) -> np.ndarray:
     """The row of ``imported`` for every frame of split ``data`` -> (N,) int (see :func:`match_rows`).
 
-    ``frame`` (N,): the source frame of every split row (:func:`hmrmamba.data.frames.split_frame_index`).
+    ``frame`` (N,): the source frame of every split row (:func:`hmrmamba.data.real.frames.split_frame_index`).
     """
     names = np.repeat(np.asarray(data.seqs["seq_name"]), data.seqs["seq_len"])
     if len(frame) != len(names):

@@ -1,7 +1,7 @@
 """SMPL-format body model files: save, load, validate, convert, and build an ``smplx.SMPL``.
 
 A body model file is a plain ``.npz`` (no pickles) with SMPL's field names. It is made either by
-:func:`hmrmamba.bodygen.build_procedural_smpl` (the default, shippable model) or by
+:func:`hmrmamba.body.procedural.build_procedural_smpl` (the default, shippable model) or by
 :func:`convert_smpl_pickle` from the real SMPL ``.pkl`` (https://smpl.is.tue.mpg.de). Both load
 through the same path: ``smplx.SMPL(model_path="", data_struct=smplx.utils.Struct(**arrays))``,
 so smplx never opens a user's file itself (it would ``pickle.load`` it).
@@ -53,10 +53,10 @@ _NUM_JOINTS = 24
 
 _GET_SMPL = (
     "Either generate the procedural model with the `body_model` stage "
-    "(hmrmamba.bodygen.build_procedural_smpl + hmrmamba.body_model.save_body_model), or register at "
+    "(hmrmamba.body.procedural.build_procedural_smpl + hmrmamba.body.body_model.save_body_model), or register at "
     "https://smpl.is.tue.mpg.de, download SMPL for Python (e.g. basicModel_neutral_lbs_10_207_0_v1.0.0.pkl "
     "or SMPL_NEUTRAL.pkl), convert it once with `hmrmamba convert-smpl SRC.pkl DST.npz` "
-    "(hmrmamba.body_model.convert_smpl_pickle) and put the .npz at this path")
+    "(hmrmamba.body.body_model.convert_smpl_pickle) and put the .npz at this path")
 
 
 def _spec(n: int) -> dict[str, tuple[tuple[int | None, ...], str]]:
@@ -154,7 +154,7 @@ def load_smpl(path: str | Path, *, num_betas: int = 10, device: str | torch.devi
     arrays = load_body_arrays(path)
     kwargs: dict[str, Any] = {}
     if "vertex_ids" in arrays:
-        from hmrmamba.bodygen import VERTEX_ID_NAMES
+        from hmrmamba.body.procedural import VERTEX_ID_NAMES
 
         kwargs["vertex_ids"] = {name: int(i) for name, i in zip(VERTEX_ID_NAMES, arrays["vertex_ids"])}
     struct = Struct(**{k: arrays[k] for k in REQUIRED_FIELDS})

@@ -1,13 +1,13 @@
 """Table 4 measurements: size, cost, speed, peak memory and scaling in T of the model family.
 
 Everything is measured in one process on the same torch threads, with random inputs of the real
-shapes (:func:`hmrmamba.flops.clip_inputs`) and random mesh assets of the real sizes
+shapes (:func:`hmrmamba.efficiency.flops.clip_inputs`) and random mesh assets of the real sizes
 (:func:`hmrmamba.models.random_mesh_assets`); speed does not depend on the weights' values.
 
 Methods (also written into the metrics so that a table never loses them):
 
-- **Size**: :func:`hmrmamba.flops.count_parameters` of the full model (buffers excluded).
-- **Cost**: :func:`hmrmamba.flops.count_cost`, one forward of one clip, batch 1. ``gflops`` are
+- **Size**: :func:`hmrmamba.efficiency.flops.count_parameters` of the full model (buffers excluded).
+- **Cost**: :func:`hmrmamba.efficiency.flops.count_cost`, one forward of one clip, batch 1. ``gflops`` are
   ``FlopCounterMode`` FLOPs (2 per multiply-add, plus the formulas ``flops`` adds for the selective
   scan, CPU attention, ``grid_sample`` and sparse matmul); ``gmacs = gflops / 2`` is the fvcore/thop
   multiply-add count, the convention of the paper's "GFlops" column. ``scan_gmacs`` is the selective
@@ -102,7 +102,7 @@ MEMORY_METHOD = ("peak_mem_mb: torch.profiler(profile_memory=True) CPU allocatio
                  "the level before the forward (activations + temporaries, no weights); rss_delta_mb: VmHWM "
                  "rise over one forward after resetting it via /proc/self/clear_refs (None if unsupported); "
                  "CUDA: torch.cuda.max_memory_allocated above the level before")
-COST_METHOD = ("hmrmamba.flops.count_cost (FlopCounterMode + formulas for the selective scan, CPU attention, "
+COST_METHOD = ("hmrmamba.efficiency.flops.count_cost (FlopCounterMode + formulas for the selective scan, CPU attention, "
                "grid_sample, sparse matmul); gflops = 2 per multiply-add, gmacs = gflops / 2")
 
 
@@ -384,7 +384,7 @@ def peak_forward_memory(model: nn.Module, inputs: Mapping[str, torch.Tensor]) ->
 @contextlib.contextmanager
 def count_scan_macs(model: nn.Module) -> Iterator[list[int]]:
     """While open, add the multiply-adds of every ``Mamba`` call's selective scan to the yielded ``[total]``."""
-    from hmrmamba.flops import scan_macs
+    from hmrmamba.efficiency.flops import scan_macs
     from hmrmamba.ssm.mamba import Mamba
 
     total = [0]
@@ -411,7 +411,7 @@ def scan_macs_of(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> int:
 
 def _clip_for(model: nn.Module, *, frames: int, batch: int, device: torch.device | str = "cpu",
               seed: int = 0) -> dict[str, torch.Tensor]:
-    from hmrmamba.flops import model_clip_inputs
+    from hmrmamba.efficiency.flops import model_clip_inputs
 
     return model_clip_inputs(model, batch=batch, frames=frames, seed=seed, device=device)
 
@@ -431,7 +431,7 @@ def _build(name: str, *, assets: Any, lift_only: bool = False, max_frames: int |
 def _describe(name: str, *, assets: Any, frames: int, batch: int, profile_rows: int, device: torch.device,
               count: bool) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
     """Build ``name`` and measure everything but its speed: (model, inputs, size/cost/memory dict)."""
-    from hmrmamba.flops import count_cost, count_parameters
+    from hmrmamba.efficiency.flops import count_cost, count_parameters
 
     model = _build(name, assets=assets, max_frames=max(frames, 16)).to(device)
     inputs = _clip_for(model, frames=frames, batch=batch, device=device)
@@ -596,7 +596,7 @@ def scan_speedup(*, batch: int = 64, dim: int = 256, length: int = 243, dstate: 
 def _macs_at(name: str, frames: int, *, assets: Any) -> int:
     """MACs of one clip of ``frames`` frames of the full model, counted on the meta device (no memory, no
     arithmetic) unless the model holds sparse matrices, which the meta device cannot multiply."""
-    from hmrmamba.flops import count_cost, model_clip_inputs
+    from hmrmamba.efficiency.flops import count_cost, model_clip_inputs
 
     with torch.device("meta"):
         model = _build(name, assets=assets, max_frames=frames)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hmrmamba.atomic import atomic_path
-from hmrmamba.metric_names import METRIC_HEADERS, TABLE_METRICS
+from hmrmamba.evaluate.metric_names import METRIC_HEADERS, TABLE_METRICS
 
 METRICS = TABLE_METRICS
 HEADERS = METRIC_HEADERS
@@ -61,10 +61,10 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     """Run the trained stage-1 and mesh models on ``count`` test clips (stride-1 middle frames)."""
     import torch
 
-    from hmrmamba.body_model import load_body_arrays, load_smpl
+    from hmrmamba.body.body_model import load_body_arrays, load_smpl
     from hmrmamba.data.h5schema import read_split
     from hmrmamba.data.loading import load_split_arrays, map_shape, select_sequences
-    from hmrmamba.evaluate import predict_split, smpl_targets
+    from hmrmamba.evaluate.protocol import predict_split, smpl_targets
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
     from hmrmamba.train.trained import load_trained
 
@@ -115,7 +115,7 @@ def mesh_figure(path: Path, clips: ClipPredictions, faces: np.ndarray, *, frames
     """Figure-4-style grid: per clip, rows frame | GT | prediction | GT side | prediction side."""
     import torch
 
-    from hmrmamba.plots import _pyplot
+    from hmrmamba.report.plots import _pyplot
     from hmrmamba.render.raster import render_mesh, side_view
 
     h, w = clips.image_size
@@ -163,8 +163,8 @@ def accel_figure(path: Path, clips: ClipPredictions, *, fps: float) -> Path:
     """Per-frame acceleration error (mm/frame²) over time: stage-1 pose vs mesh joints, per clip."""
     import torch
 
-    from hmrmamba import metrics as M
-    from hmrmamba.plots import _pyplot
+    from hmrmamba.evaluate import metrics as M
+    from hmrmamba.report.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(clips.names), 1, figsize=(7, 1.8 * len(clips.names)), squeeze=False, sharex=True)
@@ -218,8 +218,8 @@ def results_section(results_md: Path) -> list[str]:
 def build_report(layout, params: Mapping[str, Any], *, out_dir: Path, clips: int = 3,
                  frames_per_clip: int = 4, results_md: Path | None = None) -> dict[str, Any]:
     """Write ``out_dir/report.md`` and its PNGs -> summary metrics of the report stage."""
-    from hmrmamba.body_model import load_body_arrays
-    from hmrmamba.efficiency import efficiency_table
+    from hmrmamba.body.body_model import load_body_arrays
+    from hmrmamba.efficiency.benchmark import efficiency_table
     from hmrmamba.train.experiment import experiment_settings
 
     exp = experiment_settings(params)

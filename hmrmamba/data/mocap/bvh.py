@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data.motion import REST_JOINTS, MotionClip, forward_kinematics, resample_clip
+from hmrmamba.data.synthetic.motion import REST_JOINTS, MotionClip, forward_kinematics, resample_clip
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.skeleton import SMPL24
 

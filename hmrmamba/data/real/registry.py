@@ -2,8 +2,8 @@
 
 Each entry says where the reader's options live (``params["datasets"][section]``), how they
 become the reader's config, which splits it writes, how it builds them, and which 2D keypoints
-the dataset ships itself. :mod:`hmrmamba.data.real` (what the stages call) dispatches through
-this table only; adding a dataset is one reader module (built on :mod:`hmrmamba.data.reader_tools`)
+the dataset ships itself. :mod:`hmrmamba.data.real.dispatch` (what the stages call) dispatches through
+this table only; adding a dataset is one reader module (built on :mod:`hmrmamba.data.real.tools`)
 plus one entry in :data:`READERS`.
 
 The reader modules are imported when an entry is used, not when this table is: reading the
@@ -60,20 +60,20 @@ class Reader:
 # -- Human3.6M (VideoPose3D's npz files) ------------------------------------------------------
 
 def _h36m_config(opts: Mapping[str, Any]) -> Any:
-    from hmrmamba.data.h36m import H36MConfig
+    from hmrmamba.data.real.h36m import H36MConfig
 
     return H36MConfig.from_params(opts)
 
 
 def _h36m_build(cfg: Any, ctx: BuildContext) -> dict:
-    from hmrmamba.data.h36m import build_h36m
+    from hmrmamba.data.real.h36m import build_h36m
 
     return build_h36m(ctx.data_root, cfg, smpl_fits=ctx.optional_path("smpl_fits", "h36m"),
                       body_model=ctx.body_model)
 
 
 def _h36m_detections(data_root: Path, cfg: Any, *, data: Any, source: str) -> Any:
-    from hmrmamba.data.h36m import h36m_detections
+    from hmrmamba.data.real.h36m import h36m_detections
 
     if source == "gt" or source not in cfg.detections:
         return None
@@ -83,13 +83,13 @@ def _h36m_detections(data_root: Path, cfg: Any, *, data: Any, source: str) -> An
 # -- 3DPW (sequenceFiles/*.pkl) ---------------------------------------------------------------
 
 def _pw3d_config(opts: Mapping[str, Any]) -> Any:
-    from hmrmamba.data.pw3d import PW3DConfig
+    from hmrmamba.data.real.pw3d import PW3DConfig
 
     return PW3DConfig.from_params(opts)
 
 
 def _pw3d_build(cfg: Any, ctx: BuildContext) -> dict:
-    from hmrmamba.data.pw3d import build_pw3d
+    from hmrmamba.data.real.pw3d import build_pw3d
 
     return build_pw3d(ctx.data_root, cfg, smpl_male=ctx.optional_path("smpl_male", "pw3d"),
                       smpl_female=ctx.optional_path("smpl_female", "pw3d"),
@@ -97,7 +97,7 @@ def _pw3d_build(cfg: Any, ctx: BuildContext) -> dict:
 
 
 def _pw3d_detections(data_root: Path, cfg: Any, *, data: Any, source: str) -> Any:
-    from hmrmamba.data.pw3d import pw3d_openpose
+    from hmrmamba.data.real.pw3d import pw3d_openpose
 
     return pw3d_openpose(data_root, cfg, data=data) if source == "openpose" else None
 
@@ -105,24 +105,24 @@ def _pw3d_detections(data_root: Path, cfg: Any, *, data: Any, source: str) -> An
 # -- MPI-INF-3DHP (test set annot_data.mat) ---------------------------------------------------
 
 def _3dhp_config(opts: Mapping[str, Any]) -> Any:
-    from hmrmamba.data.mpi3dhp import MPI3DHPConfig
+    from hmrmamba.data.real.mpi3dhp import MPI3DHPConfig
 
     return MPI3DHPConfig.from_params(opts)
 
 
 def _3dhp_build(cfg: Any, ctx: BuildContext) -> dict:
-    from hmrmamba.data.mpi3dhp import build_3dhp
+    from hmrmamba.data.real.mpi3dhp import build_3dhp
 
     return build_3dhp(ctx.data_root, cfg)
 
 
 #: ``dataset.name`` -> its reader.
 READERS: dict[str, Reader] = {r.name: r for r in (
-    Reader("h36m", section="h36m", module="hmrmamba.data.h36m", config=_h36m_config,
+    Reader("h36m", section="h36m", module="hmrmamba.data.real.h36m", config=_h36m_config,
            splits=lambda cfg: list(cfg.splits()), build=_h36m_build, detections=_h36m_detections),
-    Reader("3dpw", section="pw3d", module="hmrmamba.data.pw3d", config=_pw3d_config,
+    Reader("3dpw", section="pw3d", module="hmrmamba.data.real.pw3d", config=_pw3d_config,
            splits=lambda cfg: list(cfg.splits), build=_pw3d_build, detections=_pw3d_detections,
            sources=("openpose",)),
-    Reader("3dhp", section="mpi3dhp", module="hmrmamba.data.mpi3dhp", config=_3dhp_config,
+    Reader("3dhp", section="mpi3dhp", module="hmrmamba.data.real.mpi3dhp", config=_3dhp_config,
            splits=lambda cfg: [cfg.split], build=_3dhp_build),
 )}

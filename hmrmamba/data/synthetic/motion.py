@@ -2,16 +2,16 @@
 
 A clip is a :class:`MotionClip`: ``pose (T, 72)`` SMPL axis-angle (global orientation first) and
 ``trans (T, 3)`` metres in a y-up world. Poses follow SMPL's conventions (rest T-pose facing +z,
-left on +x; see :mod:`hmrmamba.data.joint_limits` for the signs of flexion per joint).
+left on +x; see :mod:`hmrmamba.data.synthetic.joint_limits` for the signs of flexion per joint).
 
 How a clip is made. Every kind writes per-joint Euler angles (by axis, in each joint's order of
-:mod:`~hmrmamba.data.joint_limits`) as smooth functions of time: periodic gaits from a gait phase
+:mod:`~hmrmamba.data.synthetic.joint_limits`) as smooth functions of time: periodic gaits from a gait phase
 (left and right legs half a cycle apart, arms in counter phase, knee flexion in swing), and
 event-based kinds (reach, wave, kick, ...) from key poses joined by C2 "smootherstep" blends. All
 right-side angles are written in the left side's anatomical convention and mirrored at the end
 (``(x, y, z) -> (x, -y, -z)``). A per-clip :class:`MotionStyle` adds per-joint offsets, slow
 smooth noise, the root trajectory and the initial heading. The angles are clipped into the joint
-limits, so every generated pose is within :func:`~hmrmamba.data.joint_limits.within_limits`.
+limits, so every generated pose is within :func:`~hmrmamba.data.synthetic.joint_limits.within_limits`.
 
 Vertical root motion comes from contact: forward kinematics on a generic 1.7 m skeleton
 (:data:`REST_JOINTS`) finds the lowest heel/toe point and keeps it on the floor (plus a
@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hmrmamba.data.joint_limits import clamp_euler, clamp_to_limits, euler_to_matrix
+from hmrmamba.data.synthetic.joint_limits import clamp_euler, clamp_to_limits, euler_to_matrix
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import SMPL24
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from hmrmamba.atomic import atomic_path
 from hmrmamba.errors import InputError
-from hmrmamba.metric_names import ACCURACY_METRICS
+from hmrmamba.evaluate.metric_names import ACCURACY_METRICS
 
 #: Error metrics drawn in the bar chart, in this order (mm; lower is better). The table keeps every
 #: metric, the mesh-quality ones (degrees, ratios) included.
@@ -43,7 +43,7 @@ def comparison_table(*, root: Path, experiment: str = "evaluate", by: str = "var
     import mlflow
     import pandas as pd
 
-    from hmrmamba.tracking import resolve_tracking_uri
+    from hmrmamba.mlflow_runs import resolve_tracking_uri
 
     if not by or not all(ch.isalnum() or ch in "_-." for ch in by):
         raise InputError(f"bad tag name {by!r}", field="--by", expected="a tag name such as variant or detector2d")
@@ -105,7 +105,7 @@ def write_comparison(table, *, csv_path: str | Path, png_path: str | Path, title
     """
     from pandas.api.types import is_numeric_dtype
 
-    from hmrmamba.plots import per_joint_bar
+    from hmrmamba.report.plots import per_joint_bar
 
     by = table.columns[0]
     csv_path, png_path = Path(csv_path), Path(png_path)

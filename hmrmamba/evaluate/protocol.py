@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from hmrmamba import metrics as M
+from hmrmamba.evaluate import metrics as M
 from hmrmamba.data.loading import SplitArrays
 from hmrmamba.skeleton import H36M_EVAL14
 

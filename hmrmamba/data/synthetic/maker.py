@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmrmamba.data.cameras import Camera, fit_in_frame, sample_camera
+from hmrmamba.data.synthetic.cameras import Camera, fit_in_frame, sample_camera
 from hmrmamba.errors import InputError
 from hmrmamba.geometry import axis_angle_to_matrix, matrix_to_axis_angle
-from hmrmamba.seeding import named_rng
+from hmrmamba.named_rng import named_rng
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class SyntheticMaker:
     """Builds splits of the synthetic dataset from a body model file."""
 
     def __init__(self, cfg: SyntheticConfig, body_model_path, *, device: str = "cpu"):
-        from hmrmamba.body_model import load_body_arrays, load_smpl
+        from hmrmamba.body.body_model import load_body_arrays, load_smpl
         from hmrmamba.render.scene import part_colors
 
         self.cfg = cfg
@@ -171,7 +171,7 @@ class SyntheticMaker:
 
     def sequences(self, split: SplitSpec, subjects: list[str]) -> Iterator[dict]:
         """Yield one dict per sequence with per-frame arrays and per-sequence fields."""
-        from hmrmamba.data.motion import random_motion, sample_betas
+        from hmrmamba.data.synthetic.motion import random_motion, sample_betas
         from hmrmamba.render.raster import render_mesh
         from hmrmamba.render.scene import add_occluders, motion_blur, procedural_background
 

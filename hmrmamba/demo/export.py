@@ -280,7 +280,7 @@ def export_meshes(meshes: str | Path, *, fmt: str, out: str | Path) -> list[Path
 
 def export_body_model(body_model: str | Path, out: str | Path) -> Path:
     """The SMPL-format body model's template mesh (v_template, f) -> OBJ, PLY or GLB by ``out``'s suffix."""
-    from hmrmamba.body_model import load_body_arrays
+    from hmrmamba.body.body_model import load_body_arrays
 
     out = Path(out)
     suffix = out.suffix.lower().lstrip(".")

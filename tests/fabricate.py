@@ -115,7 +115,7 @@ _STATIC_FILL = {
 
 def h36m17_to_mocap32(j17: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(n, 17, 3) -> (n, 32, 3) mocap layout; dropped slots hold nearby points (random offsets)."""
-    from hmrmamba.data.h36m import H36M32_TO_17
+    from hmrmamba.data.real.h36m import H36M32_TO_17
 
     out = np.zeros((j17.shape[0], 32, 3))
     out[:, list(H36M32_TO_17)] = j17
@@ -305,8 +305,8 @@ def write_mini_h36m(
     The defaults (all seven subjects, all four 2D files) match ``datasets.h36m`` in
     ``conf/config.yaml``, so the pipeline runs on it with only ``dataset.name``/``root`` changed.
     """
-    from hmrmamba.data.h36m import DETECTION_FILES, POSITIONS_3D_FILE, project, world_to_camera
-    from hmrmamba.data.h36m_cameras import NUM_CAMERAS, h36m_camera
+    from hmrmamba.data.real.h36m import DETECTION_FILES, POSITIONS_3D_FILE, project, world_to_camera
+    from hmrmamba.data.real.h36m_cameras import NUM_CAMERAS, h36m_camera
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -347,9 +347,9 @@ def write_mini_h36m(
         meta = SH_METADATA if det == "sh" else H36M_METADATA
         out.files[det] = save_object_npz(root / DETECTION_FILES[det], positions_2d=p2d, metadata=meta)
     if videos:
-        from hmrmamba.data.frames import h36m_video_paths
-        from hmrmamba.data.h36m import H36M32_TO_17, SOURCE_FPS
-        from hmrmamba.video import write_video
+        from hmrmamba.data.real.frames import h36m_video_paths
+        from hmrmamba.data.real.h36m import H36M32_TO_17, SOURCE_FPS
+        from hmrmamba.data.video import write_video
 
         for s, acts in pos3d.items():
             for a, full in acts.items():
@@ -410,7 +410,7 @@ def _yrot(a: float) -> np.ndarray:
 
 def _openpose18(points_cam: np.ndarray, K: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """H36M-17 camera-frame joints -> OpenPose-COCO18 (n, 3, 18) pixels + confidence."""
-    from hmrmamba.data.pw3d import OPENPOSE18
+    from hmrmamba.data.real.pw3d import OPENPOSE18
 
     uvw = points_cam @ K.T
     uv = uvw[..., :2] / uvw[..., 2:]
@@ -464,7 +464,7 @@ def write_mini_3dpw(
     splits = splits if splits is not None else {"test": (1, 2), "train": (1,), "validation": (1,)}
     smpl = None
     if body_model is not None:
-        from hmrmamba.body_model import load_smpl
+        from hmrmamba.body.body_model import load_smpl
 
         smpl = load_smpl(body_model)
     out = MiniPW3D(root=root)
@@ -544,8 +544,8 @@ def write_mini_3dpw(
                 d["trans_60Hz"].append(np.repeat(trans, 2, axis=0))
                 d["v_template_clothed"].append(np.zeros((16, 3)))
             if images:
-                from hmrmamba.data.frames import PW3D_IMAGE, PW3D_IMAGE_DIR
-                from hmrmamba.data.pw3d import IMAGE_WH
+                from hmrmamba.data.real.frames import PW3D_IMAGE, PW3D_IMAGE_DIR
+                from hmrmamba.data.real.pw3d import IMAGE_WH
 
                 op = d["poses2d"][0]  # (n, 3, 18) px + confidence of person 0
                 wh = IMAGE_WH if K[0, 2] < K[1, 2] else IMAGE_WH[::-1]
@@ -639,7 +639,7 @@ def write_mini_3dhp(
     ``annot3`` as (N, 1, 17, 3)), ``"matlab"`` (v7.3 holding MATLAB-order axes, (3, 17, 1, N)) or
     ``"v5"`` (scipy ``savemat``). ``drop`` leaves fields out (e.g. ``("annot3",)``). ``images=True``
     also writes ``TS*/imageSequence/img_%06d.jpg`` (from 1), downscaled by ``image_scale``."""
-    from hmrmamba.data.mpi3dhp import ANNOT_FILE, CAMERAS, TEST_DIR
+    from hmrmamba.data.real.mpi3dhp import ANNOT_FILE, CAMERAS, TEST_DIR
 
     if layout not in ("h5py", "matlab", "v5"):
         raise ValueError(f"layout {layout!r}")
@@ -679,8 +679,8 @@ def write_mini_3dhp(
                 savemat(path, matlab)
         out.files[seq] = path
         if images:
-            from hmrmamba.data.frames import MPI3DHP_IMAGE, MPI3DHP_IMAGE_DIR
-            from hmrmamba.data.mpi3dhp import IMAGE_WH
+            from hmrmamba.data.real.frames import MPI3DHP_IMAGE, MPI3DHP_IMAGE_DIR
+            from hmrmamba.data.real.mpi3dhp import IMAGE_WH
 
             drawn = draw_keypoints(uv, image_wh=IMAGE_WH[seq], size_hw=scaled_size(IMAGE_WH[seq], image_scale))
             _write_jpgs(path.parent / MPI3DHP_IMAGE_DIR, drawn, MPI3DHP_IMAGE, first=1)

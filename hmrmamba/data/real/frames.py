@@ -108,7 +108,7 @@ def h36m_video_paths(root: str | Path, subject: str, action: str, camera_id: str
 
 def h36m_sources(root: str | Path, data) -> list[FrameSource]:
     """Frame sources of a Human3.6M split (``data``: :class:`hmrmamba.data.h5schema.Split`)."""
-    from hmrmamba.data.h36m_cameras import CAMERA_IDS
+    from hmrmamba.data.real.h36m_cameras import CAMERA_IDS
 
     stride = int(data.attrs.get("frame_stride", 2))
     subjects = _seq_field(data, "subject", "h36m")
@@ -196,7 +196,7 @@ def source_size(source: FrameSource) -> tuple[int, int]:
     """(H, W) of the source's frames (the video's, or the first image's)."""
     if source.files:
         return _load(source.files[0]).shape[:2]
-    from hmrmamba.video import VideoReader
+    from hmrmamba.data.video import VideoReader
 
     return VideoReader(source.resolved().path).size
 
@@ -215,7 +215,7 @@ def source_scale(source: FrameSource, size_hw: tuple[int, int]) -> tuple[float, 
 def _load(file: Path, size_hw: tuple[int, int] | None = None) -> np.ndarray:
     import imageio.v3 as iio
 
-    from hmrmamba.video import to_rgb_uint8
+    from hmrmamba.data.video import to_rgb_uint8
 
     try:
         image = to_rgb_uint8(iio.imread(file, plugin="pillow"), file=file)
@@ -241,7 +241,7 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
             size = image.shape[:2]
             yield image
         return
-    from hmrmamba.video import VideoReader
+    from hmrmamba.data.video import VideoReader
 
     wanted = np.asarray(source.frames, dtype=np.int64)
     if len(wanted) == 0:

@@ -213,7 +213,7 @@ def _template_surface() -> tuple[np.ndarray, np.ndarray]:
     """Closed outward-oriented genus-0 template. -> vertices (6890, 3), faces (13776, 3)."""
     from skimage.measure import marching_cubes
 
-    from hmrmamba.mesh_sampling import decimate_exact, euler_characteristic
+    from hmrmamba.body.mesh_sampling import decimate_exact, euler_characteristic
 
     grid, origin = _sdf_grid(_GRID_STEP)
     v, f, _, _ = marching_cubes(grid, 0.0, spacing=(_GRID_STEP,) * 3, allow_degenerate=False)
@@ -551,7 +551,7 @@ def _shape_directions(v: np.ndarray, f: np.ndarray, w: np.ndarray, joints: np.nd
         ln[0] = 0.0
         spec(length=ln, girth=g)
 
-    from hmrmamba.mesh_sampling import mesh_adjacency
+    from hmrmamba.body.mesh_sampling import mesh_adjacency
 
     adj = mesh_adjacency(f, len(v))
     avg = adj.multiply(1.0 / np.asarray(adj.sum(axis=1))).tocsr()  # neighbour mean

@@ -1,8 +1,8 @@
 """Real benchmark datasets -> the project's HDF5 splits: what the stages call.
 
-``params["dataset"]["name"]`` picks the reader from the registry :data:`hmrmamba.data.readers.READERS`:
-``h36m`` (:mod:`hmrmamba.data.h36m`), ``3dpw`` (:mod:`hmrmamba.data.pw3d`) or ``3dhp``
-(:mod:`hmrmamba.data.mpi3dhp`); a new reader is one entry there. Each reader's options live
+``params["dataset"]["name"]`` picks the reader from the registry :data:`hmrmamba.data.real.registry.READERS`:
+``h36m`` (:mod:`hmrmamba.data.real.h36m`), ``3dpw`` (:mod:`hmrmamba.data.real.pw3d`) or ``3dhp``
+(:mod:`hmrmamba.data.real.mpi3dhp`); a new reader is one entry there. Each reader's options live
 in ``params["datasets"][<section>]`` (sections ``h36m``, ``pw3d``, ``mpi3dhp``), its files under
 ``dataset.root`` (or, when that is null, the section's own ``root``).
 
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmrmamba.data.reader_tools import (  # noqa: F401  (re-exported: the readers' shared helpers)
+from hmrmamba.data.real.tools import (  # noqa: F401  (re-exported: the readers' shared helpers)
     PreparedSplit,
     SplitBuilder,
     check_options,
@@ -38,7 +38,7 @@ from hmrmamba.data.reader_tools import (  # noqa: F401  (re-exported: the reader
     smpl_to_camera,
     zero_smpl,
 )
-from hmrmamba.data.readers import READERS, Reader
+from hmrmamba.data.real.registry import READERS, Reader
 from hmrmamba.errors import InputError
 
 #: ``dataset.name`` -> the section of ``params["datasets"]`` holding the reader's options.
@@ -127,7 +127,7 @@ def build_real(
 ) -> dict[str, PreparedSplit]:
     """Read the configured dataset into memory, all splits, validated. Writes nothing."""
     from hmrmamba.data.h5schema import validate_split
-    from hmrmamba.data.readers import BuildContext
+    from hmrmamba.data.real.registry import BuildContext
 
     r = reader(params)
     opts = dataset_options(params)
@@ -164,7 +164,7 @@ def real_detections(params: Mapping[str, Any], layout, *, split: str, source: st
     line up with its frames. Human3.6M: ``sh``/``detectron``/``cpn`` come from VideoPose3D's
     ``data_2d_h36m_*.npz`` (missing files are an error, never silently simulated). 3DPW:
     ``openpose`` comes from the sequence files' ``poses2d``. Which reader does what: its
-    :class:`hmrmamba.data.readers.Reader` entry.
+    :class:`hmrmamba.data.real.registry.Reader` entry.
     """
     r = reader(params)
     opts = dataset_options(params)
@@ -187,9 +187,9 @@ def image_root(params: Mapping[str, Any], root: Path) -> Path:
 def real_frame_sources(params: Mapping[str, Any], layout, *, data) -> list:
     """The images of every sequence of ``data`` (a read split of the configured real dataset).
 
-    -> one :class:`hmrmamba.data.frames.FrameSource` per sequence, laid out as the dataset ships
-    them (see :mod:`hmrmamba.data.frames`); nothing is opened here.
+    -> one :class:`hmrmamba.data.real.frames.FrameSource` per sequence, laid out as the dataset ships
+    them (see :mod:`hmrmamba.data.real.frames`); nothing is opened here.
     """
-    from hmrmamba.data.frames import frame_sources
+    from hmrmamba.data.real.frames import frame_sources
 
     return frame_sources(_check_name(params), image_root(params, layout.root), data)

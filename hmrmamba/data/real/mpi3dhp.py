@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from hmrmamba.data.h5schema import check_units
-from hmrmamba.data.reader_tools import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
+from hmrmamba.data.real.tools import PreparedSplit, SplitBuilder, check_options, require_files, zero_smpl
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import MPI_TO_H36M
 

@@ -1,0 +1,1 @@
+"""The body: the SMPL-format body model (procedural or converted) and its mesh hierarchy."""

@@ -1,0 +1,1 @@
+"""Motion-capture files (BVH, AMASS) as motion sources."""

@@ -1,0 +1,1 @@
+"""Table 4: model size, cost (FLOPs), speed and memory."""

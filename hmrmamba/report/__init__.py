@@ -1,0 +1,1 @@
+"""Documents and comparisons: the report, the results tables, MLflow comparisons, plots, reliability."""

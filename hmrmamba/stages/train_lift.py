@@ -6,16 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from hmrmamba.layout import Layout
+from hmrmamba.settings import TrainLiftSettings
 from hmrmamba.stages.common import main as stage_main
 
 STAGE = "train_lift"
 
 
-def objective(p: Mapping[str, Any], image_size: float):
+def objective(s: TrainLiftSettings, image_size: float):
+    from dataclasses import asdict
+
     from hmrmamba.train.losses import LiftLossWeights
     from hmrmamba.train.objectives import LiftObjective, loss_weights
 
-    return LiftObjective(weights=loss_weights(LiftLossWeights, p.get("loss")), image_size=image_size)
+    return LiftObjective(weights=loss_weights(LiftLossWeights, asdict(s.loss)), image_size=image_size)
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:

@@ -7,12 +7,15 @@ from typing import Any
 
 from hmrmamba.errors import MissingFileError
 from hmrmamba.layout import Layout
+from hmrmamba.settings import TrainMeshSettings
 from hmrmamba.stages.common import main as stage_main
 
 STAGE = "train_mesh"
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
+    from dataclasses import asdict
+
     import torch
 
     from hmrmamba.body.body_model import load_smpl
@@ -28,9 +31,9 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     targets = MeshTargets(load_smpl(layout.body_model), torch.as_tensor(arrays["J_regressor_h36m"]))
     faces = faces_tensor(arrays["f"])
 
-    def objective(p: Mapping[str, Any], image_size: float):
-        return MeshObjective(weights=loss_weights(MeshLossWeights, p.get("loss")), targets=targets, faces=faces,
-                             frames=p.get("loss_frames"))
+    def objective(s: TrainMeshSettings, image_size: float):
+        return MeshObjective(weights=loss_weights(MeshLossWeights, asdict(s.loss)), targets=targets, faces=faces,
+                             frames=s.loss_frames)
 
     return train_stage(STAGE, params, layout, objective_factory=objective, lift_only=False, init_from=init)
 

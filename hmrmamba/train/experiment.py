@@ -135,26 +135,30 @@ def write_curves(layout: Layout, stage: str, history: list[dict[str, float]], *,
 
 def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, objective_factory,
                 lift_only: bool, init_from: Path | None = None) -> dict[str, Any]:
-    """Train one stage with the generic Trainer and return its summary metrics."""
+    """Train one stage with the generic Trainer and return its summary metrics.
+
+    ``objective_factory(settings, image_size)`` gets the stage's typed settings
+    (:class:`hmrmamba.settings.TrainLiftSettings` or :class:`~hmrmamba.settings.TrainMeshSettings`)."""
     from hmrmamba import mlflow_runs
-    from hmrmamba.config import validate_params
     from hmrmamba.data.loading import load_split_arrays
+    from hmrmamba.settings import section_settings
     from hmrmamba.train import Trainer, make_loader, seed_everything
     from hmrmamba.train.checkpoint import load_checkpoint
     from hmrmamba.train.objectives import validation
     from hmrmamba.train.optim import NO_DECAY_RULE, build_adamw
 
+    # typed and checked (also when called without execute(), e.g. from a notebook); every value below
+    # comes from these settings, the raw section is kept only as the checkpoints' record of the run
+    s = section_settings(params, stage)
     p = dict(params[stage])
-    validate_params({stage: p})  # also when called without execute(), e.g. from a notebook
     exp = experiment_settings(params)
-    seed = int(p.get("seed", params.get("seed", 0)))
+    seed = s.seed if s.seed is not None else int(params.get("seed", 0) or 0)
     seed_everything(seed)
-    window, stride = int(p["window"]), int(p["stride"])
+    window, stride = s.window, s.stride
     model, cfg = build_model(params, layout, lift_only=lift_only)
     maps = model.map_dim > 0
-    train = load_split_arrays(layout, p.get("train_split", "train"), detector=exp["detector"], with_smpl=not lift_only,
-                              with_maps=maps)
-    val = load_split_arrays(layout, p.get("val_split", "val"), detector=exp["detector"], with_maps=maps)
+    train = load_split_arrays(layout, s.train_split, detector=exp["detector"], with_smpl=not lift_only, with_maps=maps)
+    val = load_split_arrays(layout, s.val_split, detector=exp["detector"], with_maps=maps)
     dataset = train.windows(length=window, stride=stride, centred=False)
     if len(dataset) == 0:
         raise InputError("no training windows", file=str(train.split.path), field="seq_len",
@@ -177,33 +181,32 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
         if maps:
             model.set_map_stats(*map_statistics(train.arrays["spatial"]))
     # no weight decay on A_log, D, norms and biases (hmrmamba.train.optim)
-    optimizer = build_adamw(model, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=float(p["lr_decay"]))
-    loader = make_loader(dataset, batch_size=int(p["batch_size"]), shuffle=True, seed=seed)
+    optimizer = build_adamw(model, lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=s.lr_decay)
+    loader = make_loader(dataset, batch_size=s.batch_size, shuffle=True, seed=seed)
     image_size = float(train.split.attrs["image_size"])
     ckpt_dir = checkpoint_dir(params, layout, stage)
     config = {"model": cfg, "experiment": exp, "stage": stage, "train": p, "optimizer": NO_DECAY_RULE,
               "inputs": input_fingerprint([train.split.path, val.split.path] + ([init_from] if init_from else []))}
     # every input is read and checked before anything on disk is touched: a refused loss weight or a
     # missing key must never cost the user the checkpoints of an earlier run
-    step_fn = objective_factory(p, image_size)
-    epochs = int(p["epochs"])
-    grad_clip = float(p["grad_clip"]) if p.get("grad_clip") else None
+    step_fn = objective_factory(s, image_size)
+    grad_clip = s.grad_clip or None
     discard_stale_checkpoints(ckpt_dir, config)
     trainer = Trainer(model, step_fn=step_fn, optimizer=optimizer, scheduler=scheduler,
                       train_loader=loader, val_fn=validation(val, length=window, lift_only=lift_only),
-                      epochs=epochs, ckpt_dir=ckpt_dir, seed=seed,
+                      epochs=s.epochs, ckpt_dir=ckpt_dir, seed=seed,
                       monitor="val_mpjpe", mode="min",
                       log_fn=lambda m, e: mlflow_runs.log_metrics(m, step=e),
                       grad_clip=grad_clip,
-                      amp=bool(p.get("amp", False)), compile=bool(p.get("compile", False)),
+                      amp=s.amp, compile=s.compile,
                       config=config,
                       find_unused_parameters=not lift_only)
-    result = trainer.fit(resume=bool(p.get("resume", True)))
+    result = trainer.fit(resume=s.resume)
     last = result.history[-1]
     write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")
     best_ckpt = ckpt_dir / "best.pt"
-    if p.get("log_checkpoint", True) and best_ckpt.exists() and is_main_process():
+    if s.log_checkpoint and best_ckpt.exists() and is_main_process():
         mlflow_runs.log_artifact(best_ckpt, "checkpoints")
     return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
             "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,

@@ -22,19 +22,14 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.report.plots import per_joint_bar
     from hmrmamba.skeleton import H36M17, H36M_EVAL14
     from hmrmamba.mlflow_runs import child_run, log_artifact, log_metrics
+    from hmrmamba.settings import section_settings
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
 
-    p = params[STAGE]
-    batch_size = p.get("batch_size", 64)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        from hmrmamba.errors import InputError
-
-        raise InputError(f"batch_size={batch_size!r}", file="params.yaml", field="evaluate.batch_size",
-                         expected="an integer >= 1")
+    s = section_settings(params, STAGE)  # split, batch_size: typed, checked, defaults from hmrmamba.settings
     exp = experiment_settings(params)
-    dataset = params.get("dataset", {}).get("name", "synthetic")
-    window = int(params["train_mesh"]["window"])
-    split = p.get("split", "test")
+    dataset = section_settings(params, "dataset").name
+    window = section_settings(params, "train_mesh").window
+    split = s.split
     data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True,
                              with_maps=map_shape(layout, split) is not None)
     arrays = load_body_arrays(layout.body_model)
@@ -52,7 +47,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     tables = {}
     for name, stage, lift_only in (("stage1", "train_lift", True), ("mesh", "train_mesh", False)):
         model, _ = load_trained(checkpoint_dir(params, layout, stage) / "best.pt", layout, lift_only=lift_only)
-        pred = predict_split(model, data, length=window, batch_size=int(p.get("batch_size", 64)),
+        pred = predict_split(model, data, length=window, batch_size=s.batch_size,
                              lift_only=lift_only)
         pelvis = None
         if pred.vertices is not None:

@@ -138,3 +138,51 @@ def test_a_maps_model_refuses_a_batch_without_maps(tiny_project, tiny_params):
     batch = data.windows(length=8, stride=4, centred=False)[0]
     with pytest.raises(InputError, match="keep_spatial"):
         model(batch["kp2d"][None], batch["conf"][None], batch["feats"][None])
+
+
+def _reference_maps(lifter, spatial: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The maps' preparation written out step by step: standardise, centre over time, drop channels."""
+    x = (spatial.float() - lifter.map_mean.view(-1, 1, 1)) / lifter.map_std.view(-1, 1, 1)
+    if lifter.encoder.feat_centre:
+        x = x - x.mean(1, keepdim=True)
+    if keep is not None:
+        x = x * keep / (1.0 - lifter.encoder.feat_drop.p)
+    return x
+
+
+@pytest.mark.parametrize("centre", [True, False])
+def test_prepared_maps_match_the_step_by_step_definition(centre):
+    """The folded form (one scale factor; the channel mean cancels under centring) equals the definition,
+    in eval and in training with the same dropout draws."""
+    model = build("tiny", lift_only=True, map_dim=8)
+    lifter = model.lifter
+    lifter.encoder.feat_centre = centre
+    g = torch.Generator().manual_seed(3)
+    lifter.set_map_stats(torch.randn(8, generator=g), torch.rand(8, generator=g) + 0.5)
+    maps = (torch.randn(2, 5, 8, 3, 3, generator=g) * 3 + 1).half()
+    lifter.eval()
+    torch.testing.assert_close(lifter.prepare_maps(maps), _reference_maps(lifter, maps, None), rtol=1e-5, atol=1e-5)
+    lifter.train()
+    torch.manual_seed(7)
+    got = lifter.prepare_maps(maps)
+    torch.manual_seed(7)
+    keep = (torch.rand(2, 5, 8, 1, 1) >= lifter.encoder.feat_drop.p).float()
+    assert 0 < float(keep.mean()) < 1
+    torch.testing.assert_close(got, _reference_maps(lifter, maps, keep), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite(dtype):
+    from hmrmamba.models.lifter import all_finite
+
+    big = torch.finfo(dtype).max
+    x = torch.full((1000,), big, dtype=dtype)  # the largest finite values: their sum must not count as Inf
+    assert all_finite(x) and bool(torch.isfinite(x).all())
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[517] = bad
+        assert all_finite(y) is False
+    z = torch.tensor([big, -big], dtype=dtype)
+    z[1] = float("-inf")
+    z[0] = float("inf")
+    assert all_finite(z) is False  # Inf + -Inf is NaN: still caught

@@ -79,6 +79,7 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     import hmrmamba.evaluate.protocol  # noqa: F401  (imports pandas: pay it here, not in the first prediction)
     from hmrmamba.body.body_model import load_body_arrays
     from hmrmamba.config import find_project_root, load_params
+    from hmrmamba.settings import parse_settings
     from hmrmamba.features.backbone import build_backbone
     from hmrmamba.features.extract import prepare_model
     from hmrmamba.render.scene import part_colors
@@ -86,10 +87,10 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     from hmrmamba.train.trained import load_trained
 
     root = find_project_root() if root is None else Path(root)
-    params = load_params(root / "params.yaml")
+    settings = parse_settings(load_params(root / "params.yaml"), file=root / "params.yaml")
     layout = Layout(root)
     if checkpoint is None:
-        checkpoint = root / params.get("train_mesh", {}).get("checkpoint_dir", "models/mesh") / "best.pt"
+        checkpoint = root / settings.train_mesh.checkpoint_dir / "best.pt"
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
@@ -110,25 +111,25 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
                          expected="a checkpoint of a causal variant such as 'tiny-online' for --online")
     model, _ = load_trained(checkpoint, layout, lift_only=False)
     model.eval()
-    fp = dict(params.get("features") or {})
+    fs = settings.features
     map_layer = None
     if model.map_dim:  # GA samples maps: the backbone must give the same stage's maps as in training
         from hmrmamba.features.resnet import MAP_CHANNELS
 
-        map_layer = str(fp.get("map_layer", "layer3"))
+        map_layer = fs.map_layer
         if MAP_CHANNELS.get(map_layer) != model.map_dim:
             raise InputError(f"features.map_layer '{map_layer}' gives {MAP_CHANNELS.get(map_layer)}-channel maps, "
                              f"the model samples {model.map_dim}-channel maps", file=root / "params.yaml",
                              field="features.map_layer",
                              expected=f"one of {[k for k, v in MAP_CHANNELS.items() if v == model.map_dim]}")
-    backbone, note = build_backbone(fp, layout)
+    backbone, note = build_backbone(fs, layout)
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     body = load_body_arrays(layout.body_model)
     colors = part_colors(torch.as_tensor(body["weights"], dtype=torch.float32)).numpy()
     return Inference(model=model, checkpoint=checkpoint, variant=variant,
                      window=int(train.get("window", model_cfg.get("max_frames", 16))),
-                     backbone=prepare_model(backbone), crop_size=int(fp.get("crop_size", 224)),
-                     bbox_scale=float(fp.get("bbox_scale", 1.2)), faces=body["f"].astype(np.int64),
+                     backbone=prepare_model(backbone), crop_size=fs.crop_size,
+                     bbox_scale=fs.bbox_scale, faces=body["f"].astype(np.int64),
                      vertex_colors=colors, weights_note=note, map_layer=map_layer)
 
 

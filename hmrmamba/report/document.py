@@ -68,9 +68,11 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     from hmrmamba.train.experiment import checkpoint_dir, experiment_settings
     from hmrmamba.train.trained import load_trained
 
+    from hmrmamba.settings import parse_settings
+
+    s = parse_settings(params)
     exp = experiment_settings(params)
-    split = params.get("evaluate", {}).get("split", "test")
-    window = int(params["train_mesh"]["window"])
+    split, window = s.evaluate.split, s.train_mesh.window
     data = load_split_arrays(layout, split, detector=exp["detector"], with_smpl=True,
                              with_maps=map_shape(layout, split) is not None)
     picked = pick_sequences(data.split.seqs["seq_len"], count=count, min_frames=window)
@@ -222,8 +224,11 @@ def build_report(layout, params: Mapping[str, Any], *, out_dir: Path, clips: int
     from hmrmamba.efficiency.benchmark import efficiency_table
     from hmrmamba.train.experiment import experiment_settings
 
+    from hmrmamba.settings import parse_settings
+
+    s = parse_settings(params)
     exp = experiment_settings(params)
-    dataset = str(params.get("dataset", {}).get("name", "synthetic"))
+    dataset = s.dataset.name
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluate = _read_json(layout.metrics("evaluate")) or {}
     efficiency = _read_json(layout.metrics("efficiency"))
@@ -237,11 +242,11 @@ def build_report(layout, params: Mapping[str, Any], *, out_dir: Path, clips: int
     cp = predict_clips(layout, params, count=clips)
     faces = load_body_arrays(layout.body_model)["f"]
     mesh_figure(out_dir / "meshes.png", cp, faces, frames_per_clip=frames_per_clip)
-    fps = float(params.get("synthetic", {}).get("fps", 25)) if dataset == "synthetic" else 25.0
+    fps = float(s.synthetic.fps) if dataset == "synthetic" else 25.0
     accel_figure(out_dir / "accel_over_time.png", cp, fps=fps)
     lines = [f"# hmrmamba report: `{exp['variant']}` on `{dataset}` ({exp['detector']} 2D)", "",
              SYNTHETIC_NOTE if dataset == "synthetic" else REAL_NOTE.format(dataset=dataset), "",
-             f"Profile `{params.get('profile', '?')}`. Errors in mm (Accel in mm/frame²), PMCE/ARTS protocol.",
+             f"Profile `{s.profile}`. Errors in mm (Accel in mm/frame²), PMCE/ARTS protocol.",
              "", "## Table 1 analogue: this run", ""]
     lines += table1_lines(evaluate, dataset) if evaluate else ["(no `metrics/evaluate.json` yet)"]
     lines += ["", "## Tables 1–3 analogues over variants", ""]

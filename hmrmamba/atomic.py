@@ -1,9 +1,10 @@
 """Atomic file writes: write to a sibling temporary file, then ``os.replace`` it into place.
 
 A crash or a raised error leaves either the old file or nothing, never a half-written one.
-Temporary files are named ``.<name>.<pid>.<random><suffix>``; one left behind by a writer that was
-killed (``kill -9``, power loss) is removed by the next write of the same file. A write that fails
-for lack of space, quota or file-size limit raises :class:`WriteFailed` naming the destination.
+Temporary files and folders are named ``.<name>.<pid>.<random><suffix>``; one left behind by a
+writer that was killed (``kill -9``, power loss) is removed by the next write of the same path. A
+write that fails for lack of space, quota or file-size limit raises :class:`WriteFailed` naming the
+destination.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import glob
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,13 +66,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: suffixes of :func:`atomic_dir`'s temporary folders (the only folders :func:`remove_stale_temps` removes)
+_DIR_SUFFIXES = (".tmp", ".old")
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Delete temporary siblings of ``path`` whose writer process no longer exists. -> removed paths."""
+    """Delete temporary siblings of ``path`` whose writer process no longer exists. -> removed paths.
+
+    Files ``.<name>.<pid>.*`` and folders ``.<name>.<pid>.*.tmp``/``.old`` (of :func:`atomic_dir`)
+    whose ``pid`` is not alive are removed; symlinks are never followed nor removed. A stale ``.old``
+    folder whose ``previous`` output was moved aside just before the writer died is put back first
+    when ``path`` itself is missing (the swap was cut between its two renames).
+    """
     path = Path(path)
     prefix = f".{path.name}."
     removed = []
     try:
-        entries = list(path.parent.glob(glob.escape(prefix) + "*"))
+        entries = sorted(path.parent.glob(glob.escape(prefix) + "*"))
     except OSError:
         return removed
     for entry in entries:
@@ -77,8 +90,17 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            if entry.is_file() and not entry.is_symlink():
+            if entry.is_symlink():
+                continue
+            if entry.is_file():
                 entry.unlink()
+                removed.append(entry)
+            elif entry.is_dir() and entry.name.endswith(_DIR_SUFFIXES):
+                previous = entry / "previous"
+                if (entry.name.endswith(".old") and not os.path.lexists(path) and previous.is_dir()
+                        and not previous.is_symlink()):
+                    os.replace(previous, path)
+                shutil.rmtree(entry)  # does not follow symlinks inside (shutil.rmtree.avoids_symlink_attacks)
                 removed.append(entry)
     return removed
 
@@ -157,19 +179,53 @@ def make_output_dir(path: str | Path, *, field: str = "--out") -> Path:
 _PROJECT_MARKERS = ("params.yaml", "dvc.yaml", "pyproject.toml", ".git", ".dvc")
 
 
-def check_replaceable_dir(path: str | Path) -> None:
+def _git_tracked_files(full: Path) -> list[str] | None:
+    """Files tracked by git under the existing folder ``full`` (first few), or ``None`` when git is
+    missing, slow, or ``full`` is not inside a git work tree."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    try:
+        top = subprocess.run(["git", "-C", str(full.parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10, env=env)
+        if top.returncode != 0 or not top.stdout.strip():
+            return None
+        toplevel = Path(top.stdout.strip()).resolve()
+        try:
+            rel = full.relative_to(toplevel)
+        except ValueError:
+            return None
+        listed = subprocess.run(["git", "ls-files", "-z", "--", str(rel)], cwd=toplevel,
+                                capture_output=True, timeout=10, env=env)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if listed.returncode != 0:
+        return None
+    return [f for f in listed.stdout.decode(errors="replace").split("\0") if f][:3]
+
+
+def check_replaceable_dir(path: str | Path, *, field: str | None = None) -> None:
     """Refuse to let :func:`atomic_dir` replace a directory that is not a flat folder of outputs.
 
-    A filesystem root, the home directory, the current directory or one of its ancestors, a
-    project or repository (``params.yaml``, ``.git``, ...) and any directory holding a
-    subdirectory are refused with :class:`InputError`: replacing one of them would delete it.
+    A path with an existing ancestor that is not a directory (``params.yaml/x``), a filesystem
+    root, the home directory, the current directory or one of its ancestors, a project or
+    repository (``params.yaml``, ``.git``, ...), any directory holding a subdirectory and any
+    directory holding files tracked by git are refused with :class:`InputError` (naming ``field``
+    when given): replacing one of them would delete it, or could not work.
     """
     path = Path(path)
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{parent} exists and is not a folder", file=path, field=field,
+                                 expected="a folder path whose existing parents are folders")
+            break  # an existing folder: its own parents exist and are folders
+        if os.path.lexists(parent):  # a dangling symlink cannot be created through
+            raise InputError(f"{parent} is a broken symlink", file=path, field=field,
+                             expected="a folder path whose existing parents are folders")
     if not path.exists():
         return
     full = path.resolve()
     if not full.is_dir():
-        raise InputError("exists and is not a directory", file=path,
+        raise InputError("exists and is not a directory", file=path, field=field,
                          expected="a directory (or nothing) to replace")
     protected = {Path(full.anchor), Path.home().resolve()}
     cwd = Path.cwd().resolve()
@@ -181,26 +237,32 @@ def check_replaceable_dir(path: str | Path) -> None:
         why = "it is a project or repository"
     elif any(e.is_dir() for e in entries):
         why = f"it holds subdirectories ({sorted(e.name for e in entries if e.is_dir())[:3]})"
+    else:
+        tracked = _git_tracked_files(full)
+        if tracked:
+            why = f"it holds files tracked by git ({tracked})"
     if why:
-        raise InputError(f"refusing to replace this directory: {why}", file=path,
+        raise InputError(f"refusing to replace this directory: {why}", file=path, field=field,
                          expected="an output directory of its own (a flat folder of files, or absent)")
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, field: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory next to ``path``; swap it in for ``path`` only on success.
 
     On success the old directory (if any) is moved aside, the new one renamed into place, then the
     old one removed: readers see the old contents or the new, never a mix. On any exception the
     temporary directory is removed and ``path`` is untouched. Directories that are not flat output
-    folders are never replaced (:func:`check_replaceable_dir`).
+    folders are never replaced (:func:`check_replaceable_dir`, whose errors name ``field``). The
+    temporary folders are ``.<name>.<pid>.<random>.tmp``/``.old``: those of a writer that was killed
+    are removed by the next :func:`atomic_dir` of the same ``path`` (:func:`remove_stale_temps`).
     """
-    import shutil
-
     path = Path(path)
-    check_replaceable_dir(path)
+    check_replaceable_dir(path, field=field)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    prefix = f".{path.name}.{os.getpid()}."  # the writer's pid, for remove_stale_temps after a kill
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         umask = os.umask(0)
@@ -208,7 +270,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~umask)
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
         os.replace(tmp, path)
         if old is not None:

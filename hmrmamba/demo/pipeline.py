@@ -99,7 +99,7 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meshes.npz").exists())):
         raise InputError("exists and is not an earlier demo output", file=out, field="--out",
                          expected="a new or empty folder, or one written by `hmrmamba demo` (it is replaced)")
-    check_replaceable_dir(out)
+    check_replaceable_dir(out, field="--out")  # also: an existing parent that is a file (params.yaml/x)
 
 
 #: ``--render-size`` bounds, px (the longest side of the pictures)

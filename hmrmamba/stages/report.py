@@ -20,7 +20,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
 
     s = section_settings(params, STAGE)
     out_dir = resolve_path(layout.root, s.dir, field="report.dir")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, field="report.dir") as tmp:
         summary = build_report(layout, params, out_dir=tmp, clips=s.clips, frames_per_clip=s.frames_per_clip)
     summary["report"] = str(out_dir / "report.md")
     for path in sorted(out_dir.iterdir()):

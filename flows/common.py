@@ -480,11 +480,23 @@ def raise_if_failed(futures: Mapping[str, PrefectFuture], what: str) -> None:
 
 
 def cli_call(prog: str, flow_fn: Callable[..., Any], **kwargs: Any) -> int:
-    """Call a flow from a script's ``main``: 0 done, 1 a stage or variant failed, 2 bad input."""
+    """Call a flow from a script's ``main``: 0 done, 1 a stage or variant failed (or its Prefect server did
+    not start), 2 bad input.
+
+    Without ``PREFECT_API_URL`` the flow runs against a Prefect server of its own (:func:`flows.flow_server`),
+    which ends with this process however it ends, ``kill -9`` included, instead of Prefect's temporary one,
+    which outlived a killed script.
+    """
     import sys
 
+    from flows import ServerStartError, flow_server
+
     try:
-        flow_fn(**kwargs)
+        with flow_server():
+            flow_fn(**kwargs)
+    except ServerStartError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ Open http://127.0.0.1:4200, pick a deployment (``hmrmamba-pipeline/main``, ``hmr
 ``hmrmamba-detectors/main``, ``hmrmamba-results/main``) and press *Run*: its parameters (profile, Hydra
 overrides, rows, detectors, ...) are editable there. The deployments run in this process, on this
 machine, against this project (``root`` is preset to it). Stop with Ctrl-C. Without ``PREFECT_API_URL`` the
-deployments register on an ephemeral server that vanishes with the process, so start the server first.
+deployments register on a server of this process's own (its URL is printed; it stops with the process, also
+after ``kill -9``), so start a server first to keep the runs' history.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from prefect import serve
 
-    serve(*deployments(common.resolve_root(args.root), name=args.name), limit=args.limit)
+    from flows import flow_server
+
+    # without PREFECT_API_URL: a server of our own, stopped with this process (kill -9 too), as for the flows
+    with flow_server() as url:
+        if url:
+            print(f"flows/serve.py: no PREFECT_API_URL set; serving on a temporary Prefect server at {url} "
+                  "(UI at the same address without /api)", flush=True)
+        serve(*deployments(common.resolve_root(args.root), name=args.name), limit=args.limit)
     return 0
 
 

@@ -131,6 +131,63 @@ def _store_lock(uri: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+_STORE_EXPECTED = "an MLflow SQLite store (or remove the file)"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_sqlite_store(uri: str) -> None:
+    """Refuse an existing sqlite store file that is not an SQLite database (a text file, a truncated or
+    overwritten ``mlflow.db``) before MLflow opens it: one :class:`InputError` naming the file, instead
+    of SQLAlchemy's traceback in every stage. A missing file is fine (it is created)."""
+    db = _sqlite_path(uri)
+    if db is None or not db.exists():
+        return
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror or type(exc).__name__})", file=db, field="tracking.uri",
+                         expected=_STORE_EXPECTED) from None
+    if head != SQLITE_HEADER:
+        what = "an empty file" if not head else "not an SQLite database"
+        raise InputError(f"{what} (first bytes {head[:16]!r})", file=db, field="tracking.uri",
+                         expected=_STORE_EXPECTED)
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """A sqlite store that SQLAlchemy cannot open or query (``DatabaseError``: "file is not a database",
+    "database disk image is malformed"; ``OperationalError``) is an :class:`InputError` naming the db file.
+    MLflow may wrap the SQLAlchemy error in an ``MlflowException``: its causes are searched too."""
+    db = _sqlite_path(uri)
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if db is None:
+            raise
+        try:
+            from sqlalchemy.exc import DatabaseError  # OperationalError is a DatabaseError
+        except ImportError:  # pragma: no cover - mlflow's sqlite store needs sqlalchemy
+            raise exc from None
+        import sqlite3
+
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (DatabaseError, sqlite3.DatabaseError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        detail = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [""])[0][:160]
+        raise InputError(f"the MLflow store cannot be opened ({type(cause).__name__}: {detail})", file=db,
+                         field="tracking.uri", expected=_STORE_EXPECTED) from None
+
+
 def _ensure_sqlite_store(uri: str, artifact_root: Path) -> None:
     """Create a missing sqlite store atomically: its schema is built in a temporary file that is then
     renamed into place, so a process killed during MLflow's migrations leaves no half-made store
@@ -190,7 +247,8 @@ def stage_run(stage: str, *, root: Path, params: Mapping[str, Any], tags: Mappin
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_env
     with _server_failures(uri):
-        with _store_lock(uri):  # the first use of a fresh sqlite store creates its schema
+        with _store_lock(uri), _store_errors(uri):  # the first use of a fresh sqlite store creates its schema
+            check_sqlite_store(uri)
             _ensure_sqlite_store(uri, home_root(root) / "mlartifacts")
             exp_id = _experiment_id(mlflow, stage, home_root(root) / "mlartifacts")
         all_tags = {"stage": stage, "git_sha": git_sha(root),

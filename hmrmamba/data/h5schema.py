@@ -14,9 +14,10 @@ line up with the split's frames (:func:`write_table` / :func:`read_table`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -273,29 +274,60 @@ def _check_members(group: h5py.Group, table: Mapping[str, Field], rows_label: st
         rows = ds.shape[0] if rows is None and ds.ndim else rows
 
 
+#: What h5py raises for a file whose metadata is damaged (a flipped bit in a B-tree, heap or object
+#: header): "bad heap free list" (RuntimeError), "wrong B-tree signature" (OSError), a name lookup that
+#: fails (KeyError), an impossible shape or type (ValueError/TypeError).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def _corrupt_as_input_error(path: Path, where: list[str], expected: str) -> Iterator[None]:
+    """h5py's errors inside the block become one :class:`InputError` naming ``path`` and the member
+    being read (``where[-1]``); :class:`InputError` raised by the checks passes unchanged."""
+    try:
+        yield
+    except InputError:
+        raise
+    except _H5_ERRORS as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(f"unreadable or corrupt HDF5 file ({type(exc).__name__}: {detail})", file=path,
+                         field=where[-1], expected=expected) from None
+
+
 def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bool = False) -> Split:
-    """Read and validate a split. Images and vertices are only read when asked for (they are big)."""
+    """Read and validate a split. Images and vertices are only read when asked for (they are big).
+
+    The whole read (open, schema checks, data) is guarded: a file damaged anywhere, its metadata
+    included, gives one :class:`InputError` naming the file and the member being read.
+    """
     path = Path(path)
     skip = {k for k, want in (("image", with_images), ("vertices", with_vertices)) if not want}
-    with open_h5(path) as h5:
-        version = h5.attrs.get("schema_version")
-        if not (np.ndim(version) == 0 and np.issubdtype(np.asarray(version).dtype, np.integer)
-                and int(version) == SCHEMA_VERSION):
-            raise InputError(f"schema_version {version}", file=path, field="schema_version",
-                             expected=f"{SCHEMA_VERSION} (re-run the `prepare` stage)")
-        for group, table, rows in (("frames", FRAME_FIELDS, "N"), ("sequences", SEQ_FIELDS, "S")):
-            if not isinstance(h5.get(group), h5py.Group):
-                raise InputError(f"missing group '{group}'", file=path, field=group,
-                                 expected="a split written by hmrmamba")
-            _check_members(h5[group], table, rows, path)
-        try:
-            frames = {k: h5["frames"][k][()] for k in h5["frames"] if k not in skip}
-            seqs = {k: h5["sequences"][k][()] for k in h5["sequences"]}
-        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise InputError(f"unreadable dataset ({exc})", file=path,
-                             expected="a complete HDF5 file; it may be truncated — re-run its stage"
-                             ) from None
-        attrs = decode_strings(h5.attrs)
+    where = ["schema_version"]
+    with _corrupt_as_input_error(path, where, "an HDF5 split written by the pipeline (re-run the stage "
+                                              "that wrote it)"):
+        with open_h5(path) as h5:
+            version = h5.attrs.get("schema_version")
+            if not (np.ndim(version) == 0 and np.issubdtype(np.asarray(version).dtype, np.integer)
+                    and int(version) == SCHEMA_VERSION):
+                raise InputError(f"schema_version {version}", file=path, field="schema_version",
+                                 expected=f"{SCHEMA_VERSION} (re-run the `prepare` stage)")
+            for group, table, rows in (("frames", FRAME_FIELDS, "N"), ("sequences", SEQ_FIELDS, "S")):
+                where.append(group)
+                if not isinstance(h5.get(group), h5py.Group):
+                    raise InputError(f"missing group '{group}'", file=path, field=group,
+                                     expected="a split written by hmrmamba")
+                _check_members(h5[group], table, rows, path)
+            frames: dict[str, np.ndarray] = {}
+            seqs: dict[str, np.ndarray] = {}
+            for group, out in (("frames", frames), ("sequences", seqs)):
+                where.append(group)
+                for k in h5[group]:
+                    if group == "frames" and k in skip:
+                        continue
+                    where.append(f"{group}/{k}")
+                    out[k] = h5[group][k][()]
+            where.append("attrs")
+            attrs = decode_strings(h5.attrs)
     frames, seqs = decode_strings(frames), decode_strings(seqs)
     validate_split(frames, seqs, file=path)
     return Split(path=path, frames=frames, seqs=seqs, attrs=attrs)
@@ -318,28 +350,30 @@ def read_table(path: str | Path, fields: Mapping[str, Field], *, rows: int | Non
                ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """Read a sibling table, validating every present field (and the row count when given).
 
-    Required fields that are absent raise :class:`InputError`; optional absent ones are skipped.
+    Required fields that are absent raise :class:`InputError`; optional absent ones are skipped. A file
+    damaged anywhere (metadata included) gives one :class:`InputError` naming the file and the member.
     """
     path = Path(path)
     out: dict[str, np.ndarray] = {}
-    with open_h5(path) as h5:
-        for name, field in fields.items():
-            if name not in h5:
-                if not field.required:
-                    continue
-                raise InputError("missing dataset", file=path, field=name,
-                                 expected=field.describe("N" if rows is None else str(rows)))
-            ds = h5[name]
-            if not isinstance(ds, h5py.Dataset):
-                raise InputError(f"is a {type(ds).__name__}", file=path, field=name,
-                                 expected=field.describe("N" if rows is None else str(rows)))
-            meta_field = Field(field.tail, field.kind, field.required, finite=False)  # shape/dtype only
-            check_array(name, ds, meta_field, rows, file=path)
-            try:
+    where = ["(file)"]
+    with _corrupt_as_input_error(path, where, "an HDF5 table written by the pipeline (re-run the stage "
+                                              "that wrote it)"):
+        with open_h5(path) as h5:
+            for name, field in fields.items():
+                where.append(name)
+                if name not in h5:
+                    if not field.required:
+                        continue
+                    raise InputError("missing dataset", file=path, field=name,
+                                     expected=field.describe("N" if rows is None else str(rows)))
+                ds = h5[name]
+                if not isinstance(ds, h5py.Dataset):
+                    raise InputError(f"is a {type(ds).__name__}", file=path, field=name,
+                                     expected=field.describe("N" if rows is None else str(rows)))
+                meta_field = Field(field.tail, field.kind, field.required, finite=False)  # shape/dtype only
+                check_array(name, ds, meta_field, rows, file=path)
                 out[name] = ds[()]
-            except (OSError, RuntimeError, ValueError, TypeError) as exc:
-                raise InputError(f"unreadable dataset ({exc})", file=path, field=name,
-                                 expected="a complete HDF5 file; re-run its stage") from None
-            check_array(name, out[name], field, rows, file=path)
-        attrs = decode_strings(h5.attrs)
+                check_array(name, out[name], field, rows, file=path)
+            where.append("attrs")
+            attrs = decode_strings(h5.attrs)
     return decode_strings(out), attrs

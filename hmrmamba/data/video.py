@@ -157,10 +157,18 @@ class VideoReader:
         import imageio_ffmpeg
 
         height, width = self.size
+        # the packet count (None while it is being counted by decoding): a damaged stream can decode
+        # to more frames than it has packets, which would shift every frame after the damage
+        announced = getattr(self, "num_frames", None)
         gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
         try:
             next(gen)  # metadata
-            for raw in gen:
+            for decoded, raw in enumerate(gen, start=1):
+                if announced is not None and decoded > announced:
+                    raise InputError(f"decodes to more frames than the {announced} its stream holds "
+                                     "(a damaged or inconsistent file)", file=self.path, field="frames",
+                                     expected=f"{announced} decodable frames, one per video packet "
+                                              "(re-encode or replace the video)")
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()  # writable
         except (OSError, RuntimeError) as err:
             raise InputError(f"decoding failed ({_error_line(err)})", file=self.path,

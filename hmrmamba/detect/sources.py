@@ -120,6 +120,30 @@ def _read_key(z, path: Path, key: str) -> np.ndarray:
                          expected="a numeric array stored without pickling") from None
 
 
+def _check_headers(path: Path, num_frames: int, expected_kp: str) -> None:
+    """Shape and dtype of ``keypoints`` and ``confidence`` from their ``.npy`` headers, before either is
+    decompressed: a small deflated file may inflate to gigabytes (a (1e7, 17, 2) array is a 1.3 MB
+    npz), so more or fewer rows than the split's ``num_frames`` are refused unread."""
+    from hmrmamba.demo.keypoints import npz_headers  # imports this module: lazily
+
+    headers = npz_headers(path)
+    if "keypoints" in headers:
+        shape, dtype = headers["keypoints"]
+        if dtype.hasobject:  # a pickled array: np.load refuses it unread (allow_pickle=False)
+            return
+        if dtype.kind != "f":
+            raise InputError(f"dtype {dtype}", file=path, field="keypoints", expected=expected_kp)
+        if len(shape) != 3 or shape[0] != num_frames or shape[1] != 17 or shape[2] not in (2, 3):
+            what = (f"{shape[0]} frames but the dataset has {num_frames}"
+                    if len(shape) == 3 and shape[0] != num_frames else f"shape {shape}")
+            raise InputError(what, file=path, field="keypoints", expected=expected_kp)
+    if "confidence" in headers:
+        shape, dtype = headers["confidence"]
+        if dtype.kind != "f" or shape != (num_frames, 17):
+            raise InputError(f"dtype {dtype}, shape {shape}", file=path, field="confidence",
+                             expected=f"{(num_frames, 17)} floating-point values in [0, 1]")
+
+
 def load_keypoints_file(path: str | Path, *, num_frames: int
                         ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read and validate a keypoint ``.npz``. -> kp (N, 17, 2) f32 px, conf (N, 17) f32, meta.
@@ -144,6 +168,7 @@ def load_keypoints_file(path: str | Path, *, num_frames: int
         if "keypoints" not in z.files:
             raise InputError(f"missing (keys: {sorted(z.files)})", file=path, field="keypoints",
                              expected=expected_kp)
+        _check_headers(path, num_frames, expected_kp)
         kp = _read_key(z, path, "keypoints")
         conf = _read_key(z, path, "confidence") if "confidence" in z.files else None
         joint_set = "h36m17"

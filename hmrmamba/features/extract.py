@@ -30,6 +30,20 @@ def prepare_model(model: ResNet50, *, device: str | torch.device = "cpu") -> Res
     return net.to(device=device, memory_format=torch.channels_last)
 
 
+def _read_slice(images: Any, start: int, stop: int) -> np.ndarray:
+    """``images[start:stop]`` as an array; a damaged stored slice (h5py's ``OSError`` "filter returned
+    failure" for a corrupt compressed chunk) is an :class:`InputError` naming the file and dataset."""
+    try:
+        return np.asarray(images[start:stop])
+    except OSError as exc:
+        h5file = getattr(getattr(images, "file", None), "filename", None)
+        field = str(getattr(images, "name", None) or "images").lstrip("/")
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"frames {start}..{stop - 1} cannot be read ({detail})", file=h5file, field=field,
+                         expected="intact stored frames; the file is corrupt — re-run the stage that "
+                                  "wrote it") from None
+
+
 def _frame_batches(images: Any, num_frames: int, batch_size: int) -> Iterator[np.ndarray]:
     """Yield (b, H, W, 3) uint8 batches covering exactly ``num_frames`` frames."""
     if hasattr(images, "shape") and hasattr(images, "__getitem__"):
@@ -37,7 +51,7 @@ def _frame_batches(images: Any, num_frames: int, batch_size: int) -> Iterator[np
             raise InputError(f"got shape {tuple(images.shape)}", field="images",
                              expected=f"({num_frames}, H, W, 3) uint8 frames, one per keypoint row")
         for start in range(0, num_frames, batch_size):
-            yield np.asarray(images[start:start + batch_size])
+            yield _read_slice(images, start, min(start + batch_size, num_frames))
         return
     buffer: list[np.ndarray] = []
     buffered = 0

@@ -50,6 +50,28 @@ def read_detections(layout: Layout, split: str, source: str, rows: int) -> tuple
     return det[f"{source}/keypoints"], det[f"{source}/confidence"]
 
 
+def _stored_images(h5: Any, file: Any) -> Any:
+    """The split's ``frames/image`` dataset (None when absent); damaged HDF5 metadata (h5py's
+    ``OSError``/``RuntimeError``/``KeyError`` on the lookup) is an :class:`InputError` naming the file."""
+    import h5py
+
+    try:
+        ds = h5.get("frames/image")
+        if ds is not None and not isinstance(ds, h5py.Dataset):
+            raise InputError(f"is a {type(ds).__name__}", file=file, field="frames/image",
+                             expected="(N, H, W, 3) uint8 frames")
+        if ds is not None:
+            ds.shape  # noqa: B018 - reads the dataspace, which a damaged header fails on
+        return ds
+    except InputError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"unreadable or corrupt HDF5 file ({type(exc).__name__}: {detail})", file=file,
+                         field="frames/image", expected="an HDF5 split written by the pipeline (re-run "
+                                                        "the `prepare` stage)") from None
+
+
 def plan_sources(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> dict[str, list | None]:
     """split -> None (frames stored in the split) or its real frame sources; fails early, listing
     every missing video/image of all splits."""
@@ -61,7 +83,7 @@ def plan_sources(params: Mapping[str, Any], layout: Layout, splits: list[str]) -
     for split in splits:
         prepared = layout.prepared(split)
         with open_h5(prepared) as h5:
-            stored = "frames/image" in h5
+            stored = _stored_images(h5, prepared) is not None
         if stored:
             plans[split] = None
         elif not is_real(params):
@@ -167,7 +189,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
         prepared = layout.prepared(split)
         if plans[split] is None:  # pixels stored in the split (synthetic)
             with open_h5(prepared) as h5:
-                images = h5["frames/image"]
+                images = _stored_images(h5, prepared)
                 n = images.shape[0]
                 kp, conf = read_detections(layout, split, source, n)
                 out = extract_features(images, kp, conf, bbox_scale=fs.bbox_scale, **common)

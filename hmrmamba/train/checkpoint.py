@@ -173,7 +173,24 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise InputError(f"checkpoint version {ckpt['version']} is newer than this hmrmamba understands",
                          file=path, field="version", expected=f"<= {CHECKPOINT_VERSION}")
     check_stored_config(ckpt["config"], file=path)
+    check_finite_weights(ckpt["model"], file=path)
     return ckpt
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], *, file: Path | str) -> None:
+    """Refuse a model state dict holding NaN/Inf in any floating-point tensor (field ``model.<name>``).
+
+    One pass per tensor. Only the model's weights and buffers are checked; optimizer and scheduler
+    states are not (their moments may legitimately hold anything a fresh run would overwrite).
+    """
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.is_meta or tensor.numel() == 0:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{bad} of {tensor.numel()} values are NaN/Inf", file=file, field=f"model.{name}",
+                             expected="finite weights (a checkpoint of a run that diverged, or a damaged "
+                                      "file: use an earlier checkpoint or retrain)")
 
 
 _WEIGHTS_ONLY_ADVICE = re.compile(r"weights_only|trusted source|arbitrary code|safe_globals|add_safe_globals|"

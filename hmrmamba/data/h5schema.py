@@ -281,7 +281,7 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 @contextlib.contextmanager
-def _corrupt_as_input_error(path: Path, where: list[str], expected: str) -> Iterator[None]:
+def corrupt_as_input_error(path: Path, where: list[str], expected: str) -> Iterator[None]:
     """h5py's errors inside the block become one :class:`InputError` naming ``path`` and the member
     being read (``where[-1]``); :class:`InputError` raised by the checks passes unchanged."""
     try:
@@ -303,7 +303,7 @@ def read_split(path: str | Path, *, with_images: bool = False, with_vertices: bo
     path = Path(path)
     skip = {k for k, want in (("image", with_images), ("vertices", with_vertices)) if not want}
     where = ["schema_version"]
-    with _corrupt_as_input_error(path, where, "an HDF5 split written by the pipeline (re-run the stage "
+    with corrupt_as_input_error(path, where, "an HDF5 split written by the pipeline (re-run the stage "
                                               "that wrote it)"):
         with open_h5(path) as h5:
             version = h5.attrs.get("schema_version")
@@ -356,7 +356,7 @@ def read_table(path: str | Path, fields: Mapping[str, Field], *, rows: int | Non
     path = Path(path)
     out: dict[str, np.ndarray] = {}
     where = ["(file)"]
-    with _corrupt_as_input_error(path, where, "an HDF5 table written by the pipeline (re-run the stage "
+    with corrupt_as_input_error(path, where, "an HDF5 table written by the pipeline (re-run the stage "
                                               "that wrote it)"):
         with open_h5(path) as h5:
             for name, field in fields.items():

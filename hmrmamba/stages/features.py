@@ -51,11 +51,14 @@ def read_detections(layout: Layout, split: str, source: str, rows: int) -> tuple
 
 
 def _stored_images(h5: Any, file: Any) -> Any:
-    """The split's ``frames/image`` dataset (None when absent); damaged HDF5 metadata (h5py's
-    ``OSError``/``RuntimeError``/``KeyError`` on the lookup) is an :class:`InputError` naming the file."""
+    """The split's ``frames/image`` dataset (None when absent); damaged HDF5 metadata (h5py's errors on
+    the lookup) is an :class:`InputError` naming the file (:func:`~hmrmamba.data.h5schema.corrupt_as_input_error`)."""
     import h5py
 
-    try:
+    from hmrmamba.data.h5schema import corrupt_as_input_error
+
+    with corrupt_as_input_error(file, ["frames/image"], "an HDF5 split written by the pipeline (re-run "
+                                                        "the `prepare` stage)"):
         ds = h5.get("frames/image")
         if ds is not None and not isinstance(ds, h5py.Dataset):
             raise InputError(f"is a {type(ds).__name__}", file=file, field="frames/image",
@@ -63,13 +66,6 @@ def _stored_images(h5: Any, file: Any) -> Any:
         if ds is not None:
             ds.shape  # noqa: B018 - reads the dataspace, which a damaged header fails on
         return ds
-    except InputError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(f"unreadable or corrupt HDF5 file ({type(exc).__name__}: {detail})", file=file,
-                         field="frames/image", expected="an HDF5 split written by the pipeline (re-run "
-                                                        "the `prepare` stage)") from None
 
 
 def plan_sources(params: Mapping[str, Any], layout: Layout, splits: list[str]) -> dict[str, list | None]:

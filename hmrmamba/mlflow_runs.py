@@ -105,6 +105,11 @@ def git_sha(root: Path) -> str:
         return "unknown"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock on a sqlite store's folder (other stores: no lock).
@@ -113,7 +118,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     once (parallel stages or flow rows on a fresh project) corrupt each other's migrations. The
     lock is ``flock`` on the folder itself, so no lock file is left behind.
     """
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_path(uri)
+    if db is None:
         yield
         return
     try:
@@ -121,7 +127,7 @@ def _store_lock(uri: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    folder = Path(uri[len("sqlite:///"):]).parent
+    folder = db.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -134,10 +140,6 @@ def _store_lock(uri: str) -> Iterator[None]:
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_HEADER = b"SQLite format 3\x00"
 _STORE_EXPECTED = "an MLflow SQLite store (or remove the file)"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def check_sqlite_store(uri: str) -> None:
@@ -192,10 +194,8 @@ def _ensure_sqlite_store(uri: str, artifact_root: Path) -> None:
     """Create a missing sqlite store atomically: its schema is built in a temporary file that is then
     renamed into place, so a process killed during MLflow's migrations leaves no half-made store
     (which every later run would fail on with "table ... already exists")."""
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):])
-    if db.exists():
+    db = _sqlite_path(uri)
+    if db is None or db.exists():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 

@@ -97,34 +97,13 @@ class ServerStartError(RuntimeError):
 
 
 def descendants(pid: int | None = None) -> list[int]:
-    """Pids of every process below ``pid`` (default: this one), children first; [] where it cannot tell."""
-    pid = os.getpid() if pid is None else pid
-    try:
-        import psutil
+    """Pids of every process below ``pid`` (default: this one), children first; [] when it is gone."""
+    import psutil
 
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - the process is gone
-        return []
-    parents: dict[int, list[int]] = {}
     try:
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    stat = Path(entry.path, "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-                parents.setdefault(ppid, []).append(int(entry.name))
-    except OSError:
+        return [p.pid for p in psutil.Process(os.getpid() if pid is None else pid).children(recursive=True)]
+    except psutil.Error:
         return []
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(0), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def terminate_descendants(grace: float = 5.0) -> None:

@@ -99,8 +99,7 @@ def start_row(params: Mapping[str, Any]) -> None:
     from hmrmamba.train.seed import seed_everything, set_deterministic
 
     torch.set_num_threads(row_threads(params))
-    set_deterministic(True)  # also cuDNN's deterministic mode and the cuBLAS workspace setting on CUDA
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic(True, warn_only=True)  # also cuDNN's deterministic mode and cuBLAS's workspace on CUDA
     seed_everything(int(params.get("seed", 0) or 0))
 
 

@@ -31,15 +31,16 @@ _PY_STATE_LEN = 625      # MT19937: 624 words + position
 _NP_KEYS_LEN = 624
 
 
-def set_deterministic(enabled: bool) -> None:
+def set_deterministic(enabled: bool, *, warn_only: bool = False) -> None:
     """Switch torch to deterministic algorithms (and cuDNN to deterministic, non-benchmark mode).
+    ``warn_only``: an op without a deterministic form warns instead of raising.
 
     On CUDA, cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for determinism; it is set to ``:4096:8`` only
     if the user has not chosen a value (it must be set before the first cuBLAS call).
     """
     if enabled and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     torch.backends.cudnn.deterministic = enabled
     if enabled:
         torch.backends.cudnn.benchmark = False

@@ -21,7 +21,7 @@ is *unknown*: NaN with confidence 0, as if the file had said NaN (:func:`clean_k
 
 **Sizes.** The file's array shapes are read from the ``.npy`` headers inside the zip before any
 data is decompressed, so a small compressed file that would inflate to (1e7, 17, 2) is refused by
-its header (:func:`npz_headers`); only ``keypoints`` and ``confidence`` are ever decompressed. Undetected frames are kept and flagged, never dropped;
+its header (:func:`hmrmamba.detect.sources.npz_headers`); only ``keypoints`` and ``confidence`` are ever decompressed. Undetected frames are kept and flagged, never dropped;
 for the model's input they hold the nearest detected frame's keypoints with confidence 0
 (:func:`fill_undetected`), and the demo flags their meshes ``detected = False``.
 """
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hmrmamba.detect.sources import coco17_to_h36m17
+from hmrmamba.detect.sources import coco17_to_h36m17, npz_headers
 from hmrmamba.errors import InputError, MissingFileError
 
 __all__ = [
@@ -130,30 +130,6 @@ def make_track(keypoints: np.ndarray, confidence: np.ndarray | None, *,
     outside the image (``image_size`` (H, W)) by more than :data:`OUTSIDE_MARGIN` are unknown."""
     kp, conf = clean_keypoints(keypoints, confidence, image_size)
     return KeypointTrack(keypoints=kp, confidence=conf, detected=detected_frames(kp, conf))
-
-
-def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of every ``.npy`` member of an ``.npz``, read from the headers alone (a few
-    hundred bytes of each member are decompressed, never the data)."""
-    import zipfile
-
-    path = Path(path)
-    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read(fh)
-                out[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
-    except Exception as exc:  # noqa: BLE001 - zip/npy header errors come in many types; all are bad input
-        raise InputError(f"cannot be read as npz ({type(exc).__name__}: {str(exc)[:120]})", file=path,
-                         expected="an .npz written by numpy.savez") from None
-    return out
 
 
 def _check_header(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, want: tuple,

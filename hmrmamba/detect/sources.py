@@ -120,12 +120,32 @@ def _read_key(z, path: Path, key: str) -> np.ndarray:
                          expected="a numeric array stored without pickling") from None
 
 
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member of an ``.npz``, read from the headers alone (a few
+    hundred bytes of each member are decompressed, never the data)."""
+    path = Path(path)
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(fh)
+                out[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    except Exception as exc:  # noqa: BLE001 - zip/npy header errors come in many types; all are bad input
+        raise InputError(f"cannot be read as npz ({type(exc).__name__}: {str(exc)[:120]})", file=path,
+                         expected="an .npz written by numpy.savez") from None
+    return out
+
+
 def _check_headers(path: Path, num_frames: int, expected_kp: str) -> None:
     """Shape and dtype of ``keypoints`` and ``confidence`` from their ``.npy`` headers, before either is
     decompressed: a small deflated file may inflate to gigabytes (a (1e7, 17, 2) array is a 1.3 MB
     npz), so more or fewer rows than the split's ``num_frames`` are refused unread."""
-    from hmrmamba.demo.keypoints import npz_headers  # imports this module: lazily
-
     headers = npz_headers(path)
     if "keypoints" in headers:
         shape, dtype = headers["keypoints"]

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from hmrmamba.errors import InputError
+from hmrmamba.settings import EfficiencySection, LinearSettings, ScalingSettings, ScanSettings
 
 __all__ = [
     "DEFAULT_VARIANTS",
@@ -75,7 +76,7 @@ __all__ = [
     "time_models",
 ]
 
-DEFAULT_VARIANTS = ("tiny", "mlp", "hmrmamba-s", "hmrmamba-s-vanilla", "hmrmamba-l", "pmce")
+DEFAULT_VARIANTS = EfficiencySection.variants
 
 #: The paper's Table 4: (#P in millions, "GFlops" per 16-frame clip).
 PAPER_TABLE4: dict[str, tuple[float, float]] = {
@@ -111,28 +112,29 @@ class EfficiencySettings:
     """What the ``efficiency`` stage measures (``params.yaml: efficiency``)."""
 
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    frames: int = 16
-    batch: int = 1
-    repeats: int = 3
-    warmup: int = 0
-    profile_rows: int = 8
-    quick: bool = False
-    cuda: bool = True
-    scaling_variants: tuple[str, ...] = ("hmrmamba-s", "pmce")
-    scaling_frames: tuple[int, ...] = (16, 64, 243, 1024)
-    scaling_scope: str = "lifter"  # "lifter" (stage 1 only) or "full"
-    scaling_repeats: int = 2
-    scaling_warmup: int = 0
-    scaling_profile_frames: int = 243  # profile the scaling models at this T (0: do not)
-    linear_variant: str = "hmrmamba-s"
-    linear_frames: tuple[int, int] = (243, 486)
-    scan_batch: int = 64
-    scan_dim: int = 256
-    scan_length: int = 243
-    scan_dstate: int = 16
-    scan_repeats: int = 3
-    scan_ref_batch: int = 16
-    scan_ref_repeats: int = 1
+    # every default is the params schema's (hmrmamba.settings), flattened: one place to change it
+    frames: int = EfficiencySection.frames
+    batch: int = EfficiencySection.batch
+    repeats: int = EfficiencySection.repeats
+    warmup: int = EfficiencySection.warmup
+    profile_rows: int = EfficiencySection.profile_rows
+    quick: bool = EfficiencySection.quick
+    cuda: bool = EfficiencySection.cuda
+    scaling_variants: tuple[str, ...] = ScalingSettings.variants
+    scaling_frames: tuple[int, ...] = ScalingSettings.frames
+    scaling_scope: str = ScalingSettings.scope  # "lifter" (stage 1 only) or "full"
+    scaling_repeats: int = ScalingSettings.repeats
+    scaling_warmup: int = ScalingSettings.warmup
+    scaling_profile_frames: int = ScalingSettings.profile_frames  # profile the scaling models at this T (0: do not)
+    linear_variant: str = LinearSettings.variant
+    linear_frames: tuple[int, int] = LinearSettings.frames
+    scan_batch: int = ScanSettings.batch
+    scan_dim: int = ScanSettings.dim
+    scan_length: int = ScanSettings.length
+    scan_dstate: int = ScanSettings.dstate
+    scan_repeats: int = ScanSettings.repeats
+    scan_ref_batch: int = ScanSettings.ref_batch
+    scan_ref_repeats: int = ScanSettings.ref_repeats
 
     def effective(self) -> EfficiencySettings:
         """``quick``: one timed run everywhere, no warm-up, T <= 243 in the scaling, ref scan on <= 4 sequences."""

@@ -65,7 +65,10 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
     :func:`normalize_keypoints`: also GA's sampling frame on the maps), ``kp2d_px``, ``conf (N,17)``,
     ``feats (N,2048)``, ``joints3d (N,17,3)`` root-relative m, ``root (N,3)`` camera-frame pelvis m;
     with ``with_smpl`` also ``smpl_pose (N,72)``, ``smpl_betas (N,10)``, ``smpl_trans (N,3)`` for
-    mesh targets; with ``with_maps`` the cached feature maps ``spatial (N,C,h,w)``, kept float16.
+    mesh targets, and, only for a split whose ground-truth meshes come from the gendered SMPL
+    models (3DPW, see :mod:`hmrmamba.body.gendered`), ``smpl_gender (N,)`` int8 (1 male, 2
+    female; 0 would be the configured model); with ``with_maps`` the cached feature maps
+    ``spatial (N,C,h,w)``, kept float16.
     """
     split = read_split(layout.prepared(split_name))
     n = split.num_frames
@@ -97,8 +100,13 @@ def load_split_arrays(layout: Layout, split_name: str, *, detector: str, with_sm
     if with_maps:
         arrays["spatial"] = feats["spatial"].astype(np.float16, copy=False)
     if with_smpl:
+        from hmrmamba.body.gendered import frame_genders
+
         for k in ("smpl_pose", "smpl_betas", "smpl_trans"):
             arrays[k] = split.frames[k].astype(np.float32)
+        gender = frame_genders(split)  # None unless the split's meshes come from the gendered models
+        if gender is not None:
+            arrays["smpl_gender"] = gender
     return SplitArrays(split=split, detector=detector, arrays=arrays)
 
 

@@ -4,7 +4,10 @@
 - Joints: H36M-17 regressed from the predicted mesh with the H36M regressor (the lifted pose when
   the model is lift-only), pelvis-centred; MPJPE/PA-MPJPE over the 14 evaluation joints
   (``H36M_EVAL14``), or all 17 for 3DHP.
-- MPVPE after aligning both meshes at the SMPL pelvis (joint 0 of the SMPL regressor).
+- MPVPE after aligning both meshes at the SMPL pelvis (joint 0 of the SMPL regressor). The
+  ground-truth mesh of a gendered split (3DPW prepared with the male/female SMPL) comes from the
+  person's gendered model, the prediction's from the configured (neutral) one: same topology
+  (:mod:`hmrmamba.body.gendered`).
 - Accel error per sequence on the second differences of the evaluated joints.
 - Mesh quality, when the faces are given: mean edge-length error (mm), mean angle between predicted
   and ground-truth face normals (degrees), and the roughness ratio: the prediction's mean
@@ -68,16 +71,21 @@ def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, bat
 
 @torch.no_grad()
 def smpl_targets(smpl, h36m_regressor: torch.Tensor, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray,
-                 *, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 *, gender: np.ndarray | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ground-truth meshes from SMPL parameters.
 
     pose (N,72), betas (N,10), trans (N,3) -> vertices (N,V,3), H36M joints (N,17,3), SMPL pelvis (N,3).
+    ``smpl``: the configured body model, or a :class:`hmrmamba.body.gendered.GroundTruthBodies`
+    (:func:`hmrmamba.body.gendered.ground_truth_bodies`); with ``gender`` (N,) codes (the split's
+    ``smpl_gender``, 3DPW) it poses each frame by its gendered model, the PMCE protocol; without,
+    every frame by the configured model. The SMPL pelvis is that of the model that made the frame.
     """
     vs, js, ps = [], [], []
     for s in range(0, len(pose), chunk):
         sl = slice(s, s + chunk)
+        kw = {} if gender is None else {"gender": torch.as_tensor(np.asarray(gender[sl], dtype=np.int64))}
         out = smpl(global_orient=torch.as_tensor(pose[sl, :3]), body_pose=torch.as_tensor(pose[sl, 3:]),
-                   betas=torch.as_tensor(betas[sl]), transl=torch.as_tensor(trans[sl]))
+                   betas=torch.as_tensor(betas[sl]), transl=torch.as_tensor(trans[sl]), **kw)
         vs.append(out.vertices.numpy())
         js.append(torch.einsum("jv,nvc->njc", h36m_regressor, out.vertices).numpy())
         ps.append(out.joints[:, 0].numpy())

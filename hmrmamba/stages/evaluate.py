@@ -17,6 +17,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
 
     from hmrmamba.atomic import atomic_path
     from hmrmamba.body.body_model import load_body_arrays, load_smpl
+    from hmrmamba.body.gendered import ground_truth_bodies
     from hmrmamba.data.loading import load_split_arrays, map_shape
     from hmrmamba.evaluate.protocol import evaluate_predictions, predict_split, smpl_targets
     from hmrmamba.report.plots import per_joint_bar
@@ -40,8 +41,10 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     has_mesh = bool(data.split.attrs.get("has_mesh_gt", True)) and dataset != "3dhp"
     gt_mesh = None
     if has_mesh:
-        gt_v, _, gt_pelvis = smpl_targets(smpl, reg, data.arrays["smpl_pose"], data.arrays["smpl_betas"],
-                                          data.arrays["smpl_trans"])
+        # 3DPW prepared with the gendered SMPL: each person's GT mesh from their gendered model (PMCE)
+        bodies = ground_truth_bodies(params, layout.root, data.split, smpl)
+        gt_v, _, gt_pelvis = smpl_targets(bodies, reg, data.arrays["smpl_pose"], data.arrays["smpl_betas"],
+                                          data.arrays["smpl_trans"], gender=data.arrays.get("smpl_gender"))
         gt_mesh = (gt_v - gt_pelvis[:, None], None)
     results: dict[str, Any] = {}
     tables = {}

@@ -19,6 +19,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     import torch
 
     from hmrmamba.body.body_model import load_smpl
+    from hmrmamba.body.gendered import ground_truth_bodies, read_split_header
+    from hmrmamba.settings import section_settings
     from hmrmamba.train.losses import MeshLossWeights
     from hmrmamba.train.experiment import checkpoint_dir, load_mesh_assets, train_stage
     from hmrmamba.train.objectives import MeshObjective, MeshTargets, faces_tensor, loss_weights
@@ -28,7 +30,12 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
         raise MissingFileError("stage-1 checkpoint not found", file=init,
                                expected="the output of the train_lift stage (run `dvc repro train_lift`)")
     _, arrays = load_mesh_assets(layout)
-    targets = MeshTargets(load_smpl(layout.body_model), torch.as_tensor(arrays["J_regressor_h36m"]))
+    smpl = load_smpl(layout.body_model)
+    # a gendered training split (3DPW prepared with the male/female SMPL): its frames' ground-truth
+    # meshes come from their gendered models (the windows carry smpl_gender), as in PMCE's protocol
+    header = read_split_header(layout.prepared(section_settings(params, STAGE).train_split))
+    bodies = ground_truth_bodies(params, layout.root, header, smpl)
+    targets = MeshTargets(bodies, torch.as_tensor(arrays["J_regressor_h36m"]))
     faces = faces_tensor(arrays["f"])
 
     def objective(s: TrainMeshSettings, image_size: float):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmrmamba.body.gendered import GroundTruthBodies
 from hmrmamba.data.loading import SplitArrays
 from hmrmamba.errors import InputError
 from hmrmamba.evaluate.protocol import evaluate_predictions, predict_split, run_batch
@@ -35,20 +36,32 @@ class LiftObjective:
 class MeshTargets(nn.Module):
     """Ground-truth meshes on the fly from SMPL parameters, root-relative at the H36M pelvis.
 
-    (B, T, 72), (B, T, 10), (B, T, 3) -> vertices (B, T, V, 3), H36M joints (B, T, 17, 3).
+    (B, T, 72), (B, T, 10), (B, T, 3)[, gender (B, T) int codes] -> vertices (B, T, V, 3),
+    H36M joints (B, T, 17, 3). ``smpl``: the configured body model, or a
+    :class:`hmrmamba.body.gendered.GroundTruthBodies` (from
+    :func:`hmrmamba.body.gendered.ground_truth_bodies`) that also holds the male/female models
+    of a gendered split (3DPW): frames with a ``gender`` code are then posed by their gendered
+    model, as in PMCE's protocol. Without ``gender`` every frame uses the configured model,
+    exactly as before.
     """
 
     def __init__(self, smpl: nn.Module, h36m_regressor: torch.Tensor):
         super().__init__()
-        self.smpl = smpl
+        self.bodies = smpl if isinstance(smpl, GroundTruthBodies) else GroundTruthBodies(smpl)
         self.register_buffer("regressor", h36m_regressor.float())
 
+    @property
+    def smpl(self) -> nn.Module:
+        """The configured body model."""
+        return self.bodies.configured
+
     @torch.no_grad()
-    def forward(self, pose: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor):
+    def forward(self, pose: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor,
+                gender: torch.Tensor | None = None):
         b, t = pose.shape[:2]
         flat = lambda x: x.reshape(b * t, -1)
-        out = self.smpl(global_orient=flat(pose)[:, :3], body_pose=flat(pose)[:, 3:], betas=flat(betas),
-                        transl=flat(trans))
+        out = self.bodies(global_orient=flat(pose)[:, :3], body_pose=flat(pose)[:, 3:], betas=flat(betas),
+                          transl=flat(trans), gender=None if gender is None else gender.reshape(b * t))
         verts = out.vertices
         joints = torch.einsum("jv,nvc->njc", self.regressor, verts)
         root = joints[:, :1]
@@ -73,7 +86,9 @@ class MeshObjective:
         t = out.vertices.shape[1]
         idx = supervised_frames(t, self.frames, device=out.vertices.device)
         pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])
-        gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]), pick(batch["smpl_trans"]))
+        gender = batch.get("smpl_gender")  # only for gendered splits (3DPW with the gendered SMPL)
+        gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]), pick(batch["smpl_trans"]),
+                                  None if gender is None else pick(gender))
         pred_v = pick(out.vertices - out.joints[:, :, :1])
         pred_j = pick(out.joints - out.joints[:, :, :1])
         extra = tuple(pick(x) for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)

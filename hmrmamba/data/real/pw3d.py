@@ -313,15 +313,21 @@ def read_sequence(path: str | Path, *, with_2d: bool = False) -> list[PW3DPerson
 
 
 class GenderedMesh:
-    """H36M-17 joints regressed from the gendered SMPL mesh (camera frame)."""
+    """H36M-17 joints regressed from the gendered SMPL mesh (camera frame).
+
+    The male/female models are loaded (and checked to share one topology) by
+    :func:`hmrmamba.body.gendered.load_gendered_models` and posed by
+    :class:`hmrmamba.body.gendered.GroundTruthBodies`: the same path that makes the ground-truth
+    meshes of the training vertex loss and of MPVPE.
+    """
 
     def __init__(self, *, male: Path, female: Path, h36m_regressor: Path | None):
         import torch
 
         from hmrmamba.body.body_model import h36m_regressor as load_regressor
-        from hmrmamba.body.body_model import load_smpl
+        from hmrmamba.body.gendered import FEMALE, MALE, GroundTruthBodies, load_gendered_models
 
-        self.models = {"m": load_smpl(male), "f": load_smpl(female)}
+        self.bodies = GroundTruthBodies(None, load_gendered_models({MALE: male, FEMALE: female}))
         self.reg = load_regressor(h36m_regressor or male).to(torch.float32)
         self.paths = {"m": str(male), "f": str(female)}
 
@@ -329,7 +335,9 @@ class GenderedMesh:
         """-> H36M-17 (N, 17, 3) and the model's SMPL pelvis (N, 3), camera metres."""
         import torch
 
-        model = self.models[person.gender]
+        from hmrmamba.body.gendered import gender_code
+
+        model = self.bodies.model(gender_code(person.gender))
         n = person.pose.shape[0]
         h36m, pelvis = [], []
         with torch.no_grad():

@@ -24,7 +24,9 @@ trans`` and ``trans_cam = R (trans + j0) + t - j0`` need no body model.
 * with the gendered SMPL models (``datasets.pw3d.smpl_male`` / ``smpl_female``, body-model
   ``.npz`` files, see :mod:`hmrmamba.body.body_model`): regressed from the camera-frame mesh with the
   H36M regressor (``datasets.pw3d.h36m_regressor``, or the male model's ``J_regressor_h36m``) --
-  the PMCE/ARTS protocol; the mesh ground truth (MPVPE) is then available (``attrs["has_mesh_gt"]``);
+  the PMCE/ARTS protocol; the mesh ground truth (MPVPE) is then available (``attrs["has_mesh_gt"]``)
+  and, for MPVPE and the training vertex loss, made from the same gendered models per sequence
+  (:mod:`hmrmamba.body.gendered`);
 * without them: from ``jointPositions`` by :data:`SMPL24_TO_H36M17` (approximate, a few cm on
   spine/neck/head: see :func:`smpl24_to_h36m17`), and MPVPE is recorded as unavailable.
 

@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU build on disk (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m hmrmamba.ssm.build || true
 	touch $(STAMP)
 
 repro: $(STAMP)

@@ -40,7 +40,7 @@ def _root() -> Path | None:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from hmrmamba.ssm.backend import mamba_ssm_available
+    from hmrmamba.ssm.backend import cpu_scan_status, mamba_ssm_available
 
     rows = [("hmrmamba", __version__), ("python", platform.python_version()), ("torch", torch.__version__)]
     for mod in ("numpy", "h5py", "smplx", "mlflow", "prefect", "dvc"):
@@ -54,6 +54,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                  if cuda else "not available"))
     rows.append(("mamba_ssm", "usable (fused CUDA kernels)" if mamba_ssm_available()
                  else "not usable (pure PyTorch scan is used)"))
+    rows.append(("cpu scan", cpu_scan_status()))
     root = _root()
     rows.append(("project root", str(root) if root else "(not inside a checkout)"))
     if root:

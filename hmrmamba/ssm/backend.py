@@ -1,5 +1,8 @@
 """Choice between the pure-PyTorch selective scan and ``mamba_ssm``'s fused CUDA kernel.
 
+On the CPU, :func:`hmrmamba.ssm.scan.selective_scan` itself picks the fused C scan
+(:mod:`hmrmamba.ssm.fused`) when its library builds; :func:`cpu_scan_status` says which runs.
+
 ``backend`` is one of:
 
 - ``"torch"``: always :func:`hmrmamba.ssm.scan.selective_scan`.
@@ -29,6 +32,7 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "check_backend_name",
+    "cpu_scan_status",
     "mamba_ssm_available",
     "resolve_backend",
     "scan_with_backend",
@@ -54,6 +58,21 @@ def _import_mamba_ssm() -> tuple[Callable[..., Any] | None, str]:
 def mamba_ssm_available() -> bool:
     """True when CUDA is available and ``mamba_ssm``'s selective scan imports (cached)."""
     return torch.cuda.is_available() and _import_mamba_ssm()[0] is not None
+
+
+def cpu_scan_status() -> str:
+    """Which selective scan CPU tensors run: ``"fused C (OpenMP, N threads)"`` or ``"pytorch (reason)"``.
+    Builds the fused library on first call if it is not cached yet."""
+    from hmrmamba.ssm.fused import SCAN_ENV, fused_enabled, load_library
+
+    if not fused_enabled():
+        return f"pytorch ({SCAN_ENV}=torch)"
+    lib, reason = load_library()
+    if lib is None:
+        return f"pytorch ({reason})"
+    if lib.hm_scan_openmp():
+        return f"fused C (OpenMP, {torch.get_num_threads()} threads)"
+    return "fused C (no OpenMP, 1 thread)"
 
 
 def check_backend_name(backend: str) -> str:

@@ -1,4 +1,5 @@
-"""Selective scan (Mamba's S6 recurrence, paper eq. 1-3) in pure PyTorch.
+"""Selective scan (Mamba's S6 recurrence, paper eq. 1-3): dispatch to the fused CPU kernel, and the
+blocked pure-PyTorch scan that is the fallback on every device.
 
 The recurrence, per batch b, channel d and state n, with zero-order-hold discretisation::
 
@@ -10,7 +11,11 @@ The recurrence, per batch b, channel d and state n, with zero-order-hold discret
 ``selective_scan`` has the signature, shapes and semantics of ``mamba_ssm``'s
 ``selective_scan_fn`` (real ``A`` only) plus ``initial_state`` for streaming.
 
-How it is computed (chosen by measurement, ``benchmarks/bench_scan.py --alternatives``, 2-core
+On CPU tensors ``selective_scan`` runs the fused C kernel of :mod:`hmrmamba.ssm.fused` (one pass per
+row, 3-5x faster fwd+bwd; ``docs/benchmarks.md``) when its library builds; ``HMRMAMBA_SCAN=torch``,
+other devices, tracing and export run :func:`selective_scan_torch`, described here.
+
+How the PyTorch scan is computed (chosen by measurement, ``benchmarks/bench_scan.py --alternatives``, 2-core
 CPU): batch, channels and states are vectorised; time runs in blocks of ``DEFAULT_BLOCK`` steps
 through a reused time-major ``(block, B, D, N)`` buffer, one fused ``addcmul_`` per step. The
 backward pass is written by hand: it recomputes each block's states from the state saved at the
@@ -33,8 +38,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from hmrmamba.errors import InputError
+from hmrmamba.ssm.fused import fused_available, fused_enabled, fused_scan, fused_supports
 
-__all__ = ["selective_scan", "selective_scan_ref", "validate_scan_inputs"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_torch", "validate_scan_inputs"]
 
 
 def _shape(t: torch.Tensor | None) -> str:
@@ -87,7 +93,8 @@ def validate_scan_inputs(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     if check_finite and not torch.compiler.is_exporting():  # value checks cannot be traced by torch.export
         extra = {"D": D, "z": z, "delta_bias": delta_bias, "initial_state": initial_state}
         for name, t in {**tensors, **extra}.items():
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            # a sum is finite unless an element is NaN/Inf (or it overflows): one cheap pass first
+            if t is not None and t.numel() and not (bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())):
                 raise InputError("contains NaN or Inf", field=name, expected="finite values")
 
 
@@ -252,8 +259,32 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     of ``last_state`` is propagated, and ``initial_state`` (the state before the first step) lets
     a long sequence be scanned in pieces. Computed in float32 (float64 if ``u`` is float64);
     ``out`` has the dtype of ``u`` and ``last_state`` the compute dtype.
+
+    CPU tensors run the fused C scan (:mod:`hmrmamba.ssm.fused`) when its library builds, unless
+    ``HMRMAMBA_SCAN=torch``; everything else runs :func:`selective_scan_torch`. Both compute the same.
     """
     validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if (fused_enabled() and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state)
+            and fused_available()):
+        out, last = fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, _compute_dtype(u))
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
+    return _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                         delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                         return_last_state: bool = False, initial_state: torch.Tensor | None = None,
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``selective_scan`` always on the blocked pure-PyTorch path (any device), same contract:
+    u, delta: (B, D, L) -> out (B, D, L) [, last_state (B, D, N)]."""
+    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state):
+    """The blocked PyTorch scan on validated inputs (arguments as ``selective_scan``)."""
     dtype_in = u.dtype
     cdt = _compute_dtype(u)
     uc = u.to(cdt)

@@ -104,7 +104,8 @@ def gendered_paths(params: Mapping[str, Any], root: str | Path) -> dict[int, Pat
     out: dict[int, Path | None] = {}
     for code, key in MODEL_KEYS.items():
         value = getattr(pw3d, key)
-        out[code] = None if value in (None, "") else resolve_path(Path(root), value, field=f"datasets.pw3d.{key}")
+        out[code] = (None if value in (None, "")
+                     else resolve_path(Path(root), value, field=f"datasets.pw3d.{key}"))
     return out
 
 
@@ -135,7 +136,8 @@ def load_gendered_models(paths: Mapping[int, Path | None], *, vertices: int | No
             int(next(iter(models.values())).v_template.shape[0]) if models else None)
         if want is not None and n != want:
             raise InputError(f"{n} vertices", file=path, field=f"{key}: v_template",
-                             expected=f"{want} vertices, the prediction's topology (the configured body model)")
+                             expected=f"{want} vertices, the prediction's topology "
+                                      "(the configured body model)")
         models[code] = model
     return models
 
@@ -166,7 +168,8 @@ class GroundTruthBodies(nn.Module):
         m = self.configured if code == CONFIGURED else (
             self.gendered[str(code)] if str(code) in self.gendered else None)
         if m is None:
-            have = ([CONFIGURED] if self.configured is not None else []) + sorted(int(k) for k in self.gendered)
+            have = [CONFIGURED] if self.configured is not None else []
+            have += sorted(int(k) for k in self.gendered)
             raise InputError(f"gender code {code} has no body model", field="smpl_gender",
                              expected=f"codes {have} (0 configured, 1 male, 2 female: set "
                                       "datasets.pw3d.smpl_male/smpl_female for a gendered split)")

@@ -71,7 +71,8 @@ def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, bat
 
 @torch.no_grad()
 def smpl_targets(smpl, h36m_regressor: torch.Tensor, pose: np.ndarray, betas: np.ndarray, trans: np.ndarray,
-                 *, gender: np.ndarray | None = None, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 *, gender: np.ndarray | None = None, chunk: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ground-truth meshes from SMPL parameters.
 
     pose (N,72), betas (N,10), trans (N,3) -> vertices (N,V,3), H36M joints (N,17,3), SMPL pelvis (N,3).

@@ -87,8 +87,8 @@ class MeshObjective:
         idx = supervised_frames(t, self.frames, device=out.vertices.device)
         pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])
         gender = batch.get("smpl_gender")  # only for gendered splits (3DPW with the gendered SMPL)
-        gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]), pick(batch["smpl_trans"]),
-                                  None if gender is None else pick(gender))
+        gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]),
+                                  pick(batch["smpl_trans"]), None if gender is None else pick(gender))
         pred_v = pick(out.vertices - out.joints[:, :, :1])
         pred_j = pick(out.joints - out.joints[:, :, :1])
         extra = tuple(pick(x) for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)

@@ -10,18 +10,26 @@ machine ``--threads 1 --clock cpu`` (process CPU time) is robust to other jobs t
 which otherwise stall every multi-threaded op of a step-by-step loop.
 ``--alternatives`` also times, forward only, two other ways to run the recurrence (a chunked
 "segsum" scan and a log-step parallel scan), which is why ``selective_scan`` uses neither.
+
+``--fused`` prints instead the fused C scan (``selective_scan`` on CPU) against the blocked PyTorch
+scan (``selective_scan_torch``), forward and forward+backward, at (64, 256, 243, 16) and the tiny
+lifter's own scan shapes, the two alternating run by run (best of ``--repeats``); ``--train-step``
+adds forward+backward of the ``tiny`` model's lifter on a (16 windows, 16 frames, 17 joints) batch
+with ``HMRMAMBA_SCAN=torch`` and with the fused scan, alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
 import torch
 
 from hmrmamba.efficiency.benchmark import scan_inputs
-from hmrmamba.ssm.scan import selective_scan, selective_scan_ref
+from hmrmamba.ssm.backend import cpu_scan_status
+from hmrmamba.ssm.scan import selective_scan, selective_scan_ref, selective_scan_torch
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -111,6 +119,76 @@ def check_parity(inputs: dict[str, torch.Tensor]) -> float:
     return max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(*results, strict=True))
 
 
+#: (batch, d_inner, length, d_state): the issue's large shape, then the tiny lifter's scans on a
+#: (16 windows, 16 frames, 17 joints) batch: temporal (16 * 17 rows, L = 16), spatial (16 * 16 rows, L = 17),
+#: and a 243-frame window (16 * 17 rows)
+FUSED_SHAPES = ((64, 256, 243, 16), (272, 64, 16, 8), (256, 64, 17, 8), (272, 64, 243, 8))
+
+
+def time_fused_table(shapes, repeats: int, clock: str = "wall") -> None:
+    """Print fused vs blocked PyTorch scan, fwd and fwd+bwd (ms, best of ``repeats``, alternating)."""
+    print(f"cpu scan: {cpu_scan_status()}\n")
+    print("| (B, D, L, N) | torch fwd | fused fwd | speed-up | torch fwd+bwd | fused fwd+bwd | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for batch, dim, length, dstate in shapes:
+        inputs = scan_inputs(batch=batch, dim=dim, length=length, dstate=dstate)
+        best = {"torch": [float("inf")] * 2, "fused": [float("inf")] * 2}
+        for fn in (selective_scan_torch, selective_scan):  # warm-up (and the fused build)
+            time_fwd_bwd(fn, inputs, 1, clock)
+        for _ in range(repeats):
+            for name, fn in (("torch", selective_scan_torch), ("fused", selective_scan)):
+                f, fb = time_fwd_bwd(fn, inputs, 1, clock)
+                best[name] = [min(best[name][0], f), min(best[name][1], fb)]
+        (tf, tfb), (ff, ffb) = best["torch"], best["fused"]
+        print(f"| ({batch}, {dim}, {length}, {dstate}) | {tf * 1e3:.1f} | {ff * 1e3:.1f} | {tf / ff:.1f}x "
+              f"| {tfb * 1e3:.1f} | {ffb * 1e3:.1f} | {tfb / ffb:.1f}x |", flush=True)
+
+
+def time_train_step(repeats: int, clock: str = "wall", windows: int = 16, frames: int = 16) -> None:
+    """Print forward+backward ms of the ``tiny`` model's lifter with the PyTorch and the fused scan."""
+    from hmrmamba.models.registry import build
+
+    torch.manual_seed(0)
+    model = build("tiny", lift_only=True).train()
+    lifter = model.lifter
+    joints, feat_dim = 17, int(model.feat_mean.shape[0])
+    kp2d = torch.rand(windows, frames, joints, 2) * 2 - 1
+    conf = torch.rand(windows, frames, joints)
+    feats = torch.randn(windows, frames, feat_dim)
+    map_dim = int(getattr(lifter, "map_dim", 0) or 0)
+    spatial = torch.randn(windows, frames, map_dim, 4, 4) if map_dim else None
+    now = CLOCKS[clock]
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        t0 = now()
+        out = model(kp2d, conf, feats, spatial)
+        out.pose3d.pow(2).mean().backward()
+        return now() - t0
+
+    best = {"torch": float("inf"), "fused": float("inf")}
+    previous = os.environ.get("HMRMAMBA_SCAN")
+    try:
+        for i in range(repeats + 1):
+            for name in ("torch", "fused"):
+                os.environ["HMRMAMBA_SCAN"] = "torch" if name == "torch" else "auto"
+                took = step()
+                if i:  # the first round warms up
+                    best[name] = min(best[name], took)
+    finally:
+        if previous is None:
+            os.environ.pop("HMRMAMBA_SCAN", None)
+        else:
+            os.environ["HMRMAMBA_SCAN"] = previous
+    n_params = sum(p.numel() for p in lifter.parameters())
+    print(f"\ntiny lifter ({n_params / 1e3:.0f} k parameters), batch ({windows} windows, {frames} frames, {joints} joints), "
+          f"forward+backward, best of {repeats}:\n")
+    print("| scan | step (ms) |\n|---|---:|")
+    print(f"| PyTorch (HMRMAMBA_SCAN=torch) | {best['torch'] * 1e3:.1f} |")
+    print(f"| fused C | {best['fused'] * 1e3:.1f} |")
+    print(f"| speed-up | {best['torch'] / best['fused']:.2f}x |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -124,8 +202,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall time, or this process's CPU time (use with --threads 1 on a busy machine)")
     ap.add_argument("--alternatives", action="store_true", help="also time other scan formulations (L=243)")
+    ap.add_argument("--fused", action="store_true",
+                    help="fused C scan vs blocked PyTorch scan at FUSED_SHAPES (instead of the reference table)")
+    ap.add_argument("--train-step", action="store_true", help="with --fused: also time the tiny lifter's step")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.fused:
+        cpu = platform.processor() or platform.machine()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs; "
+              f"float32; {args.clock} clock, best of {args.repeats}, fused and torch alternating\n")
+        time_fused_table(FUSED_SHAPES, args.repeats, args.clock)
+        if args.train_step:
+            time_train_step(args.repeats, args.clock)
+        return
 
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}"

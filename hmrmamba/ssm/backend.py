@@ -71,7 +71,8 @@ def cpu_scan_status() -> str:
     if lib is None:
         return f"pytorch ({reason})"
     if lib.hm_scan_openmp():
-        return f"fused C (OpenMP, {torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"fused C (OpenMP, {n} thread{'s' if n != 1 else ''})"
     return "fused C (no OpenMP, 1 thread)"
 
 

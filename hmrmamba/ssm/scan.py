@@ -12,7 +12,7 @@ The recurrence, per batch b, channel d and state n, with zero-order-hold discret
 ``selective_scan_fn`` (real ``A`` only) plus ``initial_state`` for streaming.
 
 On CPU tensors ``selective_scan`` runs the fused C kernel of :mod:`hmrmamba.ssm.fused` (one pass per
-row, 3-5x faster fwd+bwd; ``docs/benchmarks.md``) when its library builds; ``HMRMAMBA_SCAN=torch``,
+tile, 4-7x faster fwd+bwd on 2-core x86; ``docs/benchmarks.md``) when its library builds; ``HMRMAMBA_SCAN=torch``,
 other devices, tracing and export run :func:`selective_scan_torch`, described here.
 
 How the PyTorch scan is computed (chosen by measurement, ``benchmarks/bench_scan.py --alternatives``, 2-core

@@ -53,7 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("cuda", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
                  if cuda else "not available"))
     rows.append(("mamba_ssm", "usable (fused CUDA kernels)" if mamba_ssm_available()
-                 else "not usable (pure PyTorch scan is used)"))
+                 else "not usable (CUDA tensors use the PyTorch scan)"))
     rows.append(("cpu scan", cpu_scan_status()))
     root = _root()
     rows.append(("project root", str(root) if root else "(not inside a checkout)"))

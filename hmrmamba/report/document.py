@@ -62,6 +62,7 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     import torch
 
     from hmrmamba.body.body_model import load_body_arrays, load_smpl
+    from hmrmamba.body.gendered import ground_truth_bodies
     from hmrmamba.data.h5schema import read_split
     from hmrmamba.data.loading import load_split_arrays, map_shape, select_sequences
     from hmrmamba.evaluate.protocol import predict_split, smpl_targets
@@ -85,8 +86,10 @@ def predict_clips(layout, params: Mapping[str, Any], *, count: int) -> ClipPredi
     p2 = predict_split(mesh, sub, length=window, lift_only=False, progress=False)
     arrays = load_body_arrays(layout.body_model)
     reg = torch.as_tensor(arrays["J_regressor_h36m"], dtype=torch.float32)
-    gt_v, _, _ = smpl_targets(load_smpl(layout.body_model), reg, sub.arrays["smpl_pose"], sub.arrays["smpl_betas"],
-                              sub.arrays["smpl_trans"])
+    # 3DPW prepared with the gendered SMPL: each person's ground-truth mesh from their gendered model
+    bodies = ground_truth_bodies(params, layout.root, sub.split, load_smpl(layout.body_model))
+    gt_v, _, _ = smpl_targets(bodies, reg, sub.arrays["smpl_pose"], sub.arrays["smpl_betas"], sub.arrays["smpl_trans"],
+                              gender=sub.arrays.get("smpl_gender"))
     # the model predicts root-relative meshes: place them at the ground-truth pelvis for the pictures
     pred_root = np.einsum("jv,nvc->njc", reg.numpy(), p2.vertices)[:, 0]
     pred_v = p2.vertices - pred_root[:, None] + sub.arrays["root"][:, None]

@@ -101,11 +101,21 @@ def vertex_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None 
     return _masked_mean((pred - gt).abs(), mask)
 
 
+def face_corners(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """verts (..., V, 3), faces (F, 3) -> each face's corners (..., F, 3 corners, 3).
+
+    One ``index_select`` instead of three advanced-indexing gathers: its backward is a single
+    ``index_add_`` (the gathers' ``index_put_`` with accumulation costs several times more on a CPU).
+    """
+    return verts.index_select(-2, faces.reshape(-1)).unflatten(-2, (faces.shape[0], 3))
+
+
 def edge_length_loss(pred: torch.Tensor, gt: torch.Tensor, faces: torch.Tensor,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean |edge length difference| over the three edges of every face. pred, gt: (B, T, V, 3)."""
     def lengths(v):
-        a, b, c = v[..., faces[:, 0], :], v[..., faces[:, 1], :], v[..., faces[:, 2], :]
+        corners = face_corners(v, faces)
+        a, b, c = corners.unbind(-2)
         return torch.stack([(a - b).norm(dim=-1), (b - c).norm(dim=-1), (c - a).norm(dim=-1)], -1)
     return _masked_mean((lengths(pred) - lengths(gt)).abs(), mask)
 
@@ -116,9 +126,9 @@ def normal_loss(pred: torch.Tensor, gt: torch.Tensor, faces: torch.Tensor,
 
     pred, gt: (B, T, V, 3); faces: (F, 3).
     """
-    a, b, c = (gt[..., faces[:, i], :] for i in range(3))
+    a, b, c = face_corners(gt, faces).unbind(-2)
     n = F.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1)
-    pa, pb, pc = (pred[..., faces[:, i], :] for i in range(3))
+    pa, pb, pc = face_corners(pred, faces).unbind(-2)
     cos = torch.stack([(F.normalize(e, dim=-1) * n).sum(-1).abs() for e in (pb - pa, pc - pa, pc - pb)], -1)
     return _masked_mean(cos, mask)
 

@@ -15,6 +15,10 @@ from hmrmamba.efficiency.benchmark import (
     EfficiencySettings,
     check_targets,
     efficiency_table,
+    gmacs_per_s,
+    matmul_flops,
+    measure_matmul,
+    pct_of_matmul_peak,
     profile_forward,
     scan_macs_of,
     settings_from_params,
@@ -148,7 +152,7 @@ def test_table_renders_every_variant_row(stage_metrics):
         assert written["machine"]["cpu"] in table
         assert "| tiny, lifter, T=8 |" in table  # the profile section
         assert table.count("| 4 |") == 1 and table.count("| 8 |") == 1  # scaling rows
-        assert sum(("| >= " in line or "| <= " in line) for line in rows) == 5  # the targets
+        assert sum(("| >= " in line or "| <= " in line) for line in rows) == 7  # the targets
     # the order of the settings, not the JSON's sorted keys
     table = efficiency_table(written)
     assert table.index("| tiny |") < table.index("| mlp |")
@@ -196,3 +200,62 @@ def test_settings_from_params_and_bad_input():
         settings_from_params({"linear": {"frames": [243]}})
     with pytest.raises(InputError, match="efficiency.frames"):
         settings_from_params({"frames": 0})
+
+
+def test_new_rate_fields_in_a_quick_run(stage_metrics):
+    """GMAC/s per model and scaling row, the matmul reference, the CPU scan and the online step are written."""
+    _, written = stage_metrics
+    for name, v in written["variants"].items():
+        assert v["gmacs_per_s"] > 0 and v["pct_of_matmul_peak"] > 0, name
+        assert v["gmacs_per_s"] == pytest.approx(v["macs"] * v["batch"] / (v["latency_ms"] / 1e3) / 1e9, rel=1e-3)
+    for name, per in written["scaling"]["variants"].items():
+        for t, row in per.items():
+            assert row["macs"] > 0 and row["gmacs_per_s"] > 0 and "pct_of_matmul_peak" in row, (name, t)
+    # the lifter's MACs grow with T
+    tiny = written["scaling"]["variants"]["tiny"]
+    assert tiny["8"]["macs"] > tiny["4"]["macs"]
+    mm = written["matmul"]
+    assert mm["n"] == 1024 and mm["flops"] == 2 * 1024 ** 3 and mm["gflops_per_s"] > 0
+    assert mm["gflops_per_s"] == max(mm["start_gflops_per_s"], mm["end_gflops_per_s"])
+    assert written["cpu_scan"].startswith(("fused C", "pytorch"))
+    on = written["online"]
+    assert on["online"] == "tiny-online" and on["offline"] == "tiny" and on["window"] == 16
+    assert on["step_ms"] > 0 and on["window_ms"] > 0 and on["ratio_best"] > 0
+    assert on["ratio"] == pytest.approx(on["step_ms"] / on["window_ms"], rel=0.01, abs=1e-3)
+    targets = {t["key"]: t for t in written["targets"]}
+    assert targets["online_step_vs_window"]["value"] == on["ratio"]
+    assert targets["s_vs_pmce_gmacs_per_s_t243"]["value"] is None  # no hmrmamba-s / pmce in the tiny run
+    table = efficiency_table(written)
+    assert "GMAC/s" in table and "% of matmul peak" in table and "GFLOP/s" in table
+    assert f"CPU selective scan: {written['cpu_scan']}" in table and "Online: tiny-online" in table
+
+
+def test_gmacs_per_s_known_answer():
+    """GMAC/s = MACs x batch / median time, from one fabricated row; % of peak = 2 x GMAC/s / matmul GFLOP/s."""
+    from hmrmamba.efficiency.benchmark import _add_rates
+
+    assert gmacs_per_s(6_000_000_000, 0.5) == 12.0
+    assert gmacs_per_s(6_000_000_000, 0.5, batch=2) == 24.0
+    assert gmacs_per_s(None, 0.5) is None and gmacs_per_s(1, 0.0) is None
+    rows = {"m": {"macs": 3_000_000_000, "batch": 1, "latency_ms": 250.0}, "no_macs": {"latency_ms": 1.0}}
+    _add_rates(rows, 48.0)
+    assert rows["m"]["gmacs_per_s"] == 12.0
+    assert rows["m"]["pct_of_matmul_peak"] == 50.0  # 2 x 12 GMAC/s = 24 GFLOP/s of 48
+    assert "gmacs_per_s" not in rows["no_macs"]
+    assert pct_of_matmul_peak(12.0, None) is None
+
+
+def test_matmul_flop_count_and_measurement():
+    assert matmul_flops(1) == 2 and matmul_flops(3) == 54 and matmul_flops(1024) == 2 * 1024 ** 3
+    out = measure_matmul(64, repeats=2, warmup=1)
+    assert out["flops"] == matmul_flops(64) and out["threads"] == torch.get_num_threads()
+    assert 0 < out["gflops_per_s"] < float("inf") and len(out["runs_ms"]) == 2
+
+
+def test_new_targets_known_answers():
+    metrics = {"scaling": {"scope": "lifter", "ratio_gmacs_per_s_hmrmamba_s_over_pmce": {"243": 0.45}},
+               "online": {"online": "tiny-online", "offline": "tiny", "window": 16, "ratio": 0.2}}
+    rows = {r["key"]: r for r in check_targets(metrics)}
+    rate, online = rows["s_vs_pmce_gmacs_per_s_t243"], rows["online_step_vs_window"]
+    assert rate["met"] is False and rate["missed_by"] == 2.0
+    assert online["met"] is True and "16-frame tiny window" in online["what"]

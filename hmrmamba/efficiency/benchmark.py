@@ -29,6 +29,13 @@ Methods (also written into the metrics so that a table never loses them):
   reference) on the inputs of one Mamba block. The reference's backward is quadratic in L (every
   step's ``select`` backward writes a full-size gradient), so on a CPU it is timed on ``ref_batch``
   sequences and the speed-up is the ratio at that same batch.
+- **Rate** (how close to the machine's limit): ``gmacs_per_s`` = multiply-adds of the timed call (MACs of one
+  clip x batch) / its median wall time, per model and per scaling row (the lifter's own MACs there);
+  ``matmul`` = the best GFLOP/s of a square float32 ``torch.mm`` (2 n^3 FLOPs) on the same threads, and
+  ``pct_of_matmul_peak`` = 100 x 2 x GMAC/s / matmul GFLOP/s (FLOPs at 2 per multiply-add, like the matmul's).
+  ``cpu_scan`` names the selective scan CPU tensors ran (:func:`hmrmamba.ssm.backend.cpu_scan_status`).
+- **Online step**: one frame of ``tiny-online`` (``model.step``, recurrent state carried) against one 16-frame
+  window of ``tiny`` (``model(**clip)``), full models, random weights, timed in turn.
 """
 
 from __future__ import annotations
@@ -52,21 +59,27 @@ from hmrmamba.settings import EfficiencySection, LinearSettings, ScalingSettings
 
 __all__ = [
     "DEFAULT_VARIANTS",
-    "PAPER_TABLE4",
     "EfficiencySettings",
+    "PAPER_TABLE4",
     "Timing",
     "check_targets",
     "count_scan_macs",
     "cpu_model_name",
     "efficiency_table",
+    "gmacs_per_s",
     "machine_info",
+    "matmul_flops",
     "measure_efficiency",
+    "measure_matmul",
+    "measure_online_step",
     "measure_scaling",
     "measure_variant",
     "measure_variants",
+    "pct_of_matmul_peak",
     "peak_forward_memory",
     "profile_forward",
     "rss_peak_delta_mb",
+    "scaling_macs",
     "scan_inputs",
     "scan_macs_of",
     "scan_speedup",
@@ -93,7 +106,20 @@ TARGETS: tuple[tuple[str, float, str], ...] = (
     ("s_vs_pmce_t243", 2.0, "min"),
     ("linear_time_ratio", 2.2, "max"),
     ("linear_macs_ratio", 2.2, "max"),
+    ("s_vs_pmce_gmacs_per_s_t243", 0.9, "min"),
+    ("online_step_vs_window", 0.3, "max"),
 )
+
+#: Square float32 matmul size of the machine's reference rate, and its timed runs after one warm-up.
+MATMUL_N = 1024
+MATMUL_REPEATS = 5
+
+#: The streaming comparison: (causal variant stepped frame by frame, offline variant, its window length).
+ONLINE_PAIR = ("tiny-online", "tiny", 16)
+#: Steps per timed run of the online variant (one step is short; the run's time / steps is a step's time).
+ONLINE_STEPS = 16
+#: Fewest timed runs of the online comparison outside ``quick`` (both calls are short; more runs steady the median).
+ONLINE_REPEATS = 7
 
 TIMING_METHOD = ("wall clock of model(**inputs) under torch.inference_mode, median (latency_ms) and best "
                  "(best_ms) of `repeats` runs after `warmup` untimed rounds, the models timed in turn (round "
@@ -103,6 +129,13 @@ MEMORY_METHOD = ("peak_mem_mb: torch.profiler(profile_memory=True) CPU allocatio
                  "the level before the forward (activations + temporaries, no weights); rss_delta_mb: VmHWM "
                  "rise over one forward after resetting it via /proc/self/clear_refs (None if unsupported); "
                  "CUDA: torch.cuda.max_memory_allocated above the level before")
+RATE_METHOD = ("gmacs_per_s = MACs of the timed call (one clip x batch) / median wall time / 1e9; matmul: best "
+               "GFLOP/s of a square float32 torch.mm (2 n^3 FLOPs) after a warm-up, same threads; "
+               "pct_of_matmul_peak = 100 x 2 x gmacs_per_s / matmul gflops_per_s")
+ONLINE_METHOD = ("step_ms: median over runs of (wall time of `steps` consecutive model.step calls of the causal "
+                 "variant, state carried) / steps; window_ms: median wall time of one forward of the offline "
+                 "variant on a clip of `window` frames; the two timed in turn; full models, random weights, "
+                 "batch 1")
 COST_METHOD = ("hmrmamba.efficiency.flops.count_cost (FlopCounterMode + formulas for the selective scan, CPU attention, "
                "grid_sample, sparse matmul); gflops = 2 per multiply-add, gmacs = gflops / 2")
 
@@ -313,6 +346,16 @@ def _allocation_peak_bytes(prof: Any) -> int | None:
     return max(0, max(total for _, _, total in events) - base)
 
 
+#: Profiler event names (lower case, no underscores) of the selective scan: PyTorch's and the fused C one.
+SCAN_EVENT_NAMES = ("selectivescan", "fusedscanfn")
+
+
+def _is_scan_event(key: str) -> bool:
+    """Whether a profiler event is a selective scan call (PyTorch or fused C)."""
+    name = key.lower().replace("_", "")
+    return any(s in name for s in SCAN_EVENT_NAMES)
+
+
 def profile_forward(model: nn.Module, inputs: Mapping[str, torch.Tensor], *, rows: int = 8,
                     forward_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One profiled CPU inference forward: ``peak_mem_mb`` (allocator events), the ``top_ops`` by self CPU
@@ -330,7 +373,7 @@ def profile_forward(model: nn.Module, inputs: Mapping[str, torch.Tensor], *, row
         total = sum(e.self_cpu_time_total for e in avgs) or 1.0
         out["top_ops"] = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3, 2), "calls": int(e.count),
                            "share": round(e.self_cpu_time_total / total, 3)} for e in avgs[:rows]]
-        scan = [e.cpu_time_total for e in avgs if "selectivescan" in e.key.lower().replace("_", "")]
+        scan = [e.cpu_time_total for e in avgs if _is_scan_event(e.key)]
         out["scan_share"] = round(max(scan, default=0.0) / total, 3)  # inclusive time of the scan calls
     return out
 
@@ -480,6 +523,30 @@ def measure_variant(name: str, *, assets: Any, frames: int = 16, batch: int = 1,
     return out | time_forward(model, inputs, repeats=repeats, warmup=warmup).as_dict()
 
 
+def _time_in_turn(calls: Mapping[Any, Callable[[], Any]], *, repeats: int, warmup: int = 0,
+                  devices: Mapping[Any, torch.device] | None = None,
+                  batches: Mapping[Any, int] | None = None) -> dict[Any, Timing]:
+    """Time several ``fn()`` in turn (round robin: a, b, c, a, b, c, ...) after ``warmup`` untimed rounds, so
+    that a change of the machine's load hits them all alike (CUDA synchronised per ``devices``)."""
+    devices = devices or {}
+    cpu_dev = torch.device("cpu")
+    wall: dict[Any, list[float]] = {k: [] for k in calls}
+    cpu: dict[Any, list[float]] = {k: [] for k in calls}
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    for _ in range(max(1, repeats)):
+        for key, fn in calls.items():
+            dev = devices.get(key, cpu_dev)
+            _sync(dev)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync(dev)
+            wall[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
+    return {k: Timing(wall_s=wall[k], cpu_s=cpu[k], batch=(batches or {}).get(k, 1)) for k in calls}
+
+
 def time_models(runs: Mapping[Any, tuple[nn.Module, Mapping[str, torch.Tensor]]], *, repeats: int,
                 warmup: int = 0) -> dict[Any, Timing]:
     """Inference timing of several ``model(**inputs)`` in turn (round robin: a, b, c, a, b, c, ...), so that a
@@ -489,21 +556,10 @@ def time_models(runs: Mapping[Any, tuple[nn.Module, Mapping[str, torch.Tensor]]]
         model.eval()
         calls[key] = functools.partial(model, **inputs)
     first = {key: next(iter(inputs.values())) for key, (_, inputs) in runs.items()}
-    wall: dict[Any, list[float]] = {k: [] for k in runs}
-    cpu: dict[Any, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in calls.values():
-                fn()
-        for _ in range(max(1, repeats)):
-            for key, fn in calls.items():
-                _sync(first[key].device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                fn()
-                _sync(first[key].device)
-                wall[key].append(time.perf_counter() - t0)
-                cpu[key].append(time.process_time() - c0)
-    return {k: Timing(wall_s=wall[k], cpu_s=cpu[k], batch=int(first[k].shape[0])) for k in runs}
+        return _time_in_turn(calls, repeats=repeats, warmup=warmup,
+                             devices={k: x.device for k, x in first.items()},
+                             batches={k: int(x.shape[0]) for k, x in first.items()})
 
 
 def measure_variants(names: Sequence[str], *, assets: Any, frames: int = 16, batch: int = 1, repeats: int = 3,
@@ -595,16 +651,16 @@ def scan_speedup(*, batch: int = 64, dim: int = 256, length: int = 243, dstate: 
             "speedup": round(ref.median_s / fast_small.median_s, 2)}
 
 
-def _macs_at(name: str, frames: int, *, assets: Any) -> int:
-    """MACs of one clip of ``frames`` frames of the full model, counted on the meta device (no memory, no
-    arithmetic) unless the model holds sparse matrices, which the meta device cannot multiply."""
+def _macs_at(name: str, frames: int, *, assets: Any, lift_only: bool = False) -> int:
+    """MACs of one clip of ``frames`` frames of the full model (or its lifter), counted on the meta device (no
+    memory, no arithmetic) unless the model holds sparse matrices, which the meta device cannot multiply."""
     from hmrmamba.efficiency.flops import count_cost, model_clip_inputs
 
     with torch.device("meta"):
-        model = _build(name, assets=assets, max_frames=frames)
+        model = _build(name, assets=assets, lift_only=lift_only, max_frames=frames)
     device = "meta"
     if any(b.layout != torch.strided for b in model.buffers()):
-        model, device = _build(name, assets=assets, max_frames=frames), "cpu"
+        model, device = _build(name, assets=assets, lift_only=lift_only, max_frames=frames), "cpu"
     inputs = model_clip_inputs(model, frames=frames, device=device)
     return count_cost(model, inputs).macs
 
@@ -613,14 +669,116 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or den in (None, 0) else round(num / den, 3)
 
 
+# ----------------------------------------------------------------------------------------------
+# rate: multiply-adds per second, against the machine's matmul
+
+
+def gmacs_per_s(macs: int | float | None, seconds: float | None, batch: int = 1) -> float | None:
+    """Billions of multiply-adds per second of a call doing ``batch`` clips of ``macs`` each in ``seconds``."""
+    if macs is None or not seconds or seconds <= 0:
+        return None
+    return round(macs * batch / seconds / 1e9, 4)
+
+
+def _row_rate(row: Mapping[str, Any], macs: int | None = None) -> float | None:
+    """GMAC/s of a timing row: its ``macs`` (or the given ones) x ``batch`` / its median ``latency_ms``."""
+    macs = row.get("macs") if macs is None else macs
+    latency = row.get("latency_ms")
+    return gmacs_per_s(macs, None if latency is None else latency / 1e3, int(row.get("batch", 1) or 1))
+
+
+def pct_of_matmul_peak(rate_gmacs: float | None, matmul_gflops: float | None) -> float | None:
+    """100 x 2 x GMAC/s / matmul GFLOP/s: the model's FLOP rate (2 per multiply-add) as a share of the matmul's."""
+    if rate_gmacs is None or not matmul_gflops:
+        return None
+    return round(100 * 2 * rate_gmacs / matmul_gflops, 2)
+
+
+def matmul_flops(n: int) -> int:
+    """FLOPs of an n x n by n x n matrix product: n^2 outputs of n multiply-adds, 2 FLOPs each = 2 n^3."""
+    return 2 * n ** 3
+
+
+def measure_matmul(n: int = MATMUL_N, *, repeats: int = MATMUL_REPEATS, warmup: int = 1) -> dict[str, Any]:
+    """The machine's reference rate: best GFLOP/s of a square float32 ``torch.mm`` (n x n) on torch's threads."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    with torch.inference_mode():
+        timing = time_call(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=warmup)
+    flops = matmul_flops(n)
+    best = min(timing.wall_s)
+    return {"n": n, "dtype": "float32", "threads": torch.get_num_threads(), "flops": flops,
+            "gflops_per_s": round(flops / best / 1e9, 2),
+            "median_gflops_per_s": round(flops / timing.median_s / 1e9, 2),
+            "runs_ms": timing.as_dict()["runs_ms"]}
+
+
+def scaling_macs(names: Sequence[str], frames: Sequence[int], *, scope: str = "lifter",
+                 assets: Any = None) -> dict[str, dict[str, int]]:
+    """{name: {str(T): MACs of one clip}} of the lifter (``scope='lifter'``) or the full model at every T."""
+    return {name: {str(t): _macs_at(name, t, assets=assets, lift_only=scope == "lifter") for t in frames}
+            for name in names}
+
+
+def _add_rates(rows: Mapping[str, dict[str, Any]], matmul_gflops: float | None) -> None:
+    """Write ``gmacs_per_s`` and ``pct_of_matmul_peak`` into every row that has ``macs`` and a latency."""
+    for row in rows.values():
+        rate = _row_rate(row)
+        if rate is not None:
+            row["gmacs_per_s"] = rate
+            row["pct_of_matmul_peak"] = pct_of_matmul_peak(rate, matmul_gflops)
+
+
+# ----------------------------------------------------------------------------------------------
+# online step vs an offline window
+
+
+def measure_online_step(*, assets: Any, repeats: int = 3, warmup: int = 1, steps: int = ONLINE_STEPS,
+                        pair: tuple[str, str, int] = ONLINE_PAIR) -> dict[str, Any]:
+    """Median ms of one frame of the causal variant stepped with its state (``steps`` per timed run, from the
+    initial state) and of one forward of the offline variant on a window; timed in turn, batch 1."""
+    online_name, window_name, window = pair
+    online = _build(online_name, assets=assets, max_frames=max(window, steps))
+    offline = _build(window_name, assets=assets, max_frames=window)
+    clip = _clip_for(offline, frames=window, batch=1)
+    frames = _clip_for(online, frames=steps, batch=1)
+    per_frame = [{k: v[:, i:i + 1] for k, v in frames.items()} for i in range(steps)]
+
+    def stream() -> None:
+        state = online.init_state(1)
+        for x in per_frame:
+            _, state = online.step(x["kp2d"], x.get("conf"), x.get("feats"), state)
+
+    with torch.inference_mode():
+        timings = _time_in_turn({"step": stream, "window": functools.partial(offline, **clip)},
+                                repeats=repeats, warmup=warmup)
+    step_ms = timings["step"].latency_ms / steps
+    window_ms = timings["window"].latency_ms
+    step_best, window_best = min(timings["step"].wall_s) * 1e3 / steps, min(timings["window"].wall_s) * 1e3
+    return {"online": online_name, "offline": window_name, "window": window, "steps": steps,
+            "step_ms": round(step_ms, 3), "window_ms": round(window_ms, 3),
+            "step_runs_ms": timings["step"].as_dict()["runs_ms"],
+            "window_runs_ms": timings["window"].as_dict()["runs_ms"],
+            "ratio": _ratio(step_ms, window_ms), "step_best_ms": round(step_best, 3),
+            "window_best_ms": round(window_best, 3), "ratio_best": _ratio(step_best, window_best)}
+
+
 def measure_efficiency(settings: EfficiencySettings, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every Table 4 measurement of ``settings`` in one process (see the module docstring); JSON-ready."""
     from hmrmamba.models import random_mesh_assets
 
     say = log or (lambda msg: None)
     s = settings.effective()
+    from hmrmamba.ssm.backend import cpu_scan_status
+
     metrics: dict[str, Any] = {"machine": machine_info(), "settings": asdict(s),
-                               "methods": {"timing": TIMING_METHOD, "memory": MEMORY_METHOD, "cost": COST_METHOD}}
+                               "methods": {"timing": TIMING_METHOD, "memory": MEMORY_METHOD, "cost": COST_METHOD,
+                                           "rate": RATE_METHOD, "online": ONLINE_METHOD}}
+    metrics["cpu_scan"] = cpu_scan_status()
+    matmul_repeats = 2 if s.quick else MATMUL_REPEATS
+    first_mm = measure_matmul(repeats=matmul_repeats)
+    say(f"cpu scan: {metrics['cpu_scan']}; matmul {first_mm['n']}^2 float32: {first_mm['gflops_per_s']} GFLOP/s")
     assets = random_mesh_assets()
     metrics["variants"] = measure_variants(s.variants, assets=assets, frames=s.frames, batch=s.batch,
                                            repeats=s.repeats, warmup=s.warmup, profile_rows=s.profile_rows, log=say)
@@ -633,8 +791,14 @@ def measure_efficiency(settings: EfficiencySettings, *, log: Callable[[str], Non
                             repeats=s.scaling_repeats, warmup=s.scaling_warmup,
                             profile_frames=s.scaling_profile_frames, profile_rows=s.profile_rows)
     say(f"scaling over T={frames}: {time.perf_counter() - t0:.1f} s")
+    _add_scaling_macs(timed, s, assets=assets)
     metrics["scaling"] = _scaling_summary(timed, s)
     metrics["linear"] = _linear_summary(timed, s, assets=assets)
+    online_name, window_name, window = ONLINE_PAIR
+    metrics["online"] = measure_online_step(assets=assets, repeats=1 if s.quick else max(s.repeats, ONLINE_REPEATS),
+                                            warmup=0 if s.quick else 2)
+    say(f"online: {online_name} step {metrics['online']['step_ms']:.2f} ms vs {window_name} window of {window} "
+        f"{metrics['online']['window_ms']:.1f} ms")
     t0 = time.perf_counter()
     metrics["scan"] = scan_speedup(batch=s.scan_batch, dim=s.scan_dim, length=s.scan_length, dstate=s.scan_dstate,
                                    repeats=s.scan_repeats, ref_batch=s.scan_ref_batch, ref_repeats=s.scan_ref_repeats)
@@ -643,8 +807,41 @@ def measure_efficiency(settings: EfficiencySettings, *, log: Callable[[str], Non
         metrics["cuda"] = measure_cuda(s, assets=assets)
     if hasattr(os, "getloadavg"):
         metrics["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    metrics["matmul"] = _matmul_summary(first_mm, measure_matmul(repeats=matmul_repeats))
+    peak = metrics["matmul"]["gflops_per_s"]
+    _add_rates(metrics["variants"], peak)
+    for per in metrics["scaling"]["variants"].values():
+        _add_rates(per, peak)
+    metrics["scaling"] |= _rate_ratios(metrics["scaling"])
     metrics["targets"] = check_targets(metrics)
     return metrics
+
+
+def _matmul_summary(start: Mapping[str, Any], end: Mapping[str, Any]) -> dict[str, Any]:
+    """The matmul rate measured at the start and at the end of the run; the better one is the reference."""
+    best = max(start["gflops_per_s"], end["gflops_per_s"])
+    return {**end, "gflops_per_s": best, "start_gflops_per_s": start["gflops_per_s"],
+            "end_gflops_per_s": end["gflops_per_s"], "runs_ms": start["runs_ms"] + end["runs_ms"]}
+
+
+def _add_scaling_macs(timed: Mapping[str, dict[str, dict[str, Any]]], s: EfficiencySettings, *,
+                      assets: Any) -> None:
+    """Write ``macs`` and ``gmacs`` of one clip (lifter or full model, as timed) into every scaling row."""
+    frames = sorted({int(t) for per in timed.values() for t in per})
+    macs = scaling_macs(list(timed), frames, scope=s.scaling_scope, assets=assets)
+    for name, per in timed.items():
+        for t, row in per.items():
+            row |= {"macs": macs[name][t], "gmacs": round(macs[name][t] / 1e9, 4)}
+
+
+def _rate_ratios(scaling: Mapping[str, Any]) -> dict[str, Any]:
+    """{"ratio_gmacs_per_s_hmrmamba_s_over_pmce": {str(T): ratio}} where both were timed."""
+    per = scaling.get("variants", {})
+    a, b = per.get("hmrmamba-s"), per.get("pmce")
+    if a is None or b is None:
+        return {}
+    return {"ratio_gmacs_per_s_hmrmamba_s_over_pmce": {
+        t: _ratio(a[t].get("gmacs_per_s"), b[t].get("gmacs_per_s")) for t in a if t in b}}
 
 
 def _convention(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -720,7 +917,7 @@ def measure_cuda(s: EfficiencySettings, *, assets: Any) -> dict[str, Any]:
 def _target_values(m: Mapping[str, Any]) -> dict[str, tuple[str, float | None]]:
     """{key: (what was measured, value)} for the keys of ``TARGETS``."""
     var, scan, lin = m.get("variants", {}), m.get("scan", {}), m.get("linear", {})
-    sc = m.get("scaling", {})
+    sc, on = m.get("scaling", {}), m.get("online", {})
     t16 = None
     if "hmrmamba-s" in var and "pmce" in var:
         t16 = _ratio(var["hmrmamba-s"]["clips_per_s"], var["pmce"]["clips_per_s"])
@@ -736,6 +933,10 @@ def _target_values(m: Mapping[str, Any]) -> dict[str, tuple[str, float | None]]:
                            sc.get("ratio_hmrmamba_s_over_pmce", {}).get("243")),
         "linear_time_ratio": (f"{lv} time T={t2} / T={t1} ({lin.get('time_scope', '?')})", lin.get("time_ratio")),
         "linear_macs_ratio": (f"{lv} MACs T={t2} / T={t1} ({lin.get('macs_scope', '?')})", lin.get("macs_ratio")),
+        "s_vs_pmce_gmacs_per_s_t243": (f"hmrmamba-s GMAC/s / pmce GMAC/s, T=243, {sc.get('scope', '?')}, CPU",
+                                       sc.get("ratio_gmacs_per_s_hmrmamba_s_over_pmce", {}).get("243")),
+        "online_step_vs_window": ((f"{on.get('online', 'tiny-online')} step / one {on.get('window', 16)}-frame "
+                                   f"{on.get('offline', 'tiny')} window, CPU"), on.get("ratio")),
     }
 
 
@@ -789,40 +990,70 @@ def _profile_lines(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _rate_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Which CPU scan ran and the machine's matmul rate (the reference of ``% of matmul peak``)."""
+    lines = []
+    if metrics.get("cpu_scan"):
+        lines.append(f"CPU selective scan: {metrics['cpu_scan']}.")
+    mm = metrics.get("matmul")
+    if mm:
+        lines.append(f"Matmul reference: square float32 `torch.mm` {mm['n']}x{mm['n']} ({mm['flops'] / 1e9:.2f} "
+                     f"GFLOP = 2n^3), {mm['threads']} threads, best run: "
+                     f"**{_fmt(mm['gflops_per_s'], 1)} GFLOP/s** (start {_fmt(mm.get('start_gflops_per_s'), 1)}, "
+                     f"end {_fmt(mm.get('end_gflops_per_s'), 1)}). "
+                     "% of matmul peak = 100 x 2 x GMAC/s / matmul GFLOP/s; GMAC/s = MACs of the timed call / "
+                     "median time.")
+    return lines + [""] if lines else []
+
+
+def _scaling_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Clips/s and GMAC/s over T of the scaling variants, with the hmrmamba-s / pmce ratios."""
+    sc = metrics.get("scaling", {})
+    if not sc.get("variants"):
+        return []
+    names = list(_in_settings_order(metrics, "scaling_variants", sc["variants"]))
+    lines = ["", f"Clips/s and GMAC/s over T ({sc.get('scope')}: {sc.get('note', '')}), batch 1:", "",
+             ("| T | " + " | ".join(f"{n} clips/s" for n in names) + " | "
+              + " | ".join(f"{n} GMAC/s" for n in names)
+              + " | hmrmamba-s / pmce clips/s | hmrmamba-s / pmce GMAC/s |"),
+             "|---:|" + "---:|" * (2 * len(names) + 2)]
+    ratios = sc.get("ratio_hmrmamba_s_over_pmce", {})
+    rate_ratios = sc.get("ratio_gmacs_per_s_hmrmamba_s_over_pmce", {})
+    for t in sc.get("frames", []):
+        rows = [sc["variants"][n].get(str(t), {}) for n in names]
+        cells = [_fmt(r.get("clips_per_s"), 3) for r in rows] + [_fmt(r.get("gmacs_per_s")) for r in rows]
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {_fmt(ratios.get(str(t)))} "
+                     f"| {_fmt(rate_ratios.get(str(t)))} |")
+    return lines
+
+
 def efficiency_table(metrics: Mapping[str, Any]) -> str:
     """Markdown of ``metrics/efficiency.json``: machine, the per-variant table, scaling in T, scan, targets."""
     mach = metrics.get("machine", {})
     lines = [(f"Machine: {mach.get('cpu', '?')}, {mach.get('logical_cpus', '?')} logical CPUs, "
              f"{mach.get('threads', '?')} torch threads, torch {mach.get('torch', '?')}; load average "
              f"{mach.get('loadavg_start', '?')} at the start, {mach.get('loadavg_end', '?')} at the end."), ""]
+    lines += _rate_lines(metrics)
     var = _in_settings_order(metrics, "variants", metrics.get("variants", {}))
     first = next(iter(var.values()), {})
     lines += [(f"Per clip of T={first.get('frames', '?')} frames, batch {first.get('batch', '?')}, CPU, "
               f"`torch.inference_mode`; latency = median of {len(first.get('runs_ms', []))} runs."), "",
               ("| model | #P (M) | GMACs | GFLOPs (2/MAC) | scan GMACs | paper #P / GFlops | latency (ms) "
-              "| CPU time (ms) | clips/s | peak mem (MB) | RSS rise (MB) |"),
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| CPU time (ms) | clips/s | GMAC/s | % of matmul peak | peak mem (MB) | RSS rise (MB) |"),
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in var.items():
         paper = f"{v['paper_params_m']:.2f} / {v['paper_gflops']:.2f}" if "paper_gflops" in v else "-"
         lines.append(f"| {name} | {_fmt(v.get('params_m'))} | {_fmt(v.get('gmacs'))} | {_fmt(v.get('gflops'))} "
                      f"| {_fmt(v.get('scan_gmacs'), 3)} | {paper} | {_fmt(v.get('latency_ms'), 1)} "
-                     f"| {_fmt(v.get('cpu_ms'), 1)} | {_fmt(v.get('clips_per_s'))} | {_fmt(v.get('peak_mem_mb'), 1)} "
+                     f"| {_fmt(v.get('cpu_ms'), 1)} | {_fmt(v.get('clips_per_s'))} | {_fmt(v.get('gmacs_per_s'))} "
+                     f"| {_fmt(v.get('pct_of_matmul_peak'), 1)} | {_fmt(v.get('peak_mem_mb'), 1)} "
                      f"| {_fmt(v.get('rss_delta_mb'), 1)} |")
     conv = metrics.get("convention", {})
     if "paper_gflops_are" in conv:
         lines += ["", (f"The paper's \"GFlops\" match **{conv['paper_gflops_are']}** (mean |error| "
                       f"{conv['mean_abs_err_pct_gmacs']} % for GMACs vs {conv['mean_abs_err_pct_gflops']} % "
                       f"for GFLOPs over the paper's rows).")]
-    sc = metrics.get("scaling", {})
-    if sc.get("variants"):
-        names = list(_in_settings_order(metrics, "scaling_variants", sc["variants"]))
-        lines += ["", f"Clips/s over T ({sc.get('scope')}: {sc.get('note', '')}), batch 1:", "",
-                  "| T | " + " | ".join(f"{n} clips/s" for n in names) + " | hmrmamba-s / pmce |",
-                  "|---:|" + "---:|" * (len(names) + 1)]
-        ratios = sc.get("ratio_hmrmamba_s_over_pmce", {})
-        for t in sc.get("frames", []):
-            cells = [_fmt(sc["variants"][n].get(str(t), {}).get("clips_per_s"), 3) for n in names]
-            lines.append(f"| {t} | " + " | ".join(cells) + f" | {_fmt(ratios.get(str(t)))} |")
+    lines += _scaling_lines(metrics)
     lin = metrics.get("linear", {})
     if lin:
         t1, t2 = lin["frames"]
@@ -847,6 +1078,13 @@ def efficiency_table(metrics: Mapping[str, Any]) -> str:
         if cs:
             lines += ["", (f"CUDA scan fwd+bwd: {cs['fast']} {_fmt(cs['fast_fwd_bwd_ms'], 2)} ms vs ref "
                           f"{_fmt(cs['ref_fwd_bwd_ms'], 2)} ms = {_fmt(cs['speedup'], 1)}x.")]
+    on = metrics.get("online")
+    if on:
+        lines += ["", (f"Online: {on['online']} one step (state carried, median of runs of {on['steps']} steps) "
+                      f"{_fmt(on['step_ms'])} ms vs one {on['window']}-frame {on['offline']} window "
+                      f"{_fmt(on['window_ms'], 1)} ms = {_fmt(on['ratio'], 3)} (full models, batch 1, CPU; medians "
+                      f"of {len(on.get('window_runs_ms', []))} runs in turn; best runs: {_fmt(on.get('step_best_ms'))} "
+                      f"vs {_fmt(on.get('window_best_ms'), 1)} ms = {_fmt(on.get('ratio_best'), 3)}).")]
     lines += _profile_lines(metrics)
     targets = metrics.get("targets") or check_targets(metrics)
     lines += ["", "| target | wanted | measured | met |", "|---|---:|---:|---|"]

@@ -14,7 +14,9 @@ Studies (docs/model.md, docs/training.md):
   ``bidirectional``): ``limbs, one-way`` (the first version's order, both branches forward only),
   ``tree, one-way`` (the depth-first walk of the kinematic tree, revisiting pelvis and thorax),
   ``tree, both ways`` (the walk, each branch also scanned reversed by its own Mamba);
-- ``schedule``: the learning-rate decay per epoch (``train_lift.lr_decay``) over ``--epochs``.
+- ``schedule``: the learning-rate decay per epoch (``train_lift.lr_decay``) over ``--epochs``;
+- ``epochs``: 12 against 20 epochs of stage 1 (a setting's own ``epochs`` overrides ``--epochs``);
+- ``flip``: training windows mirrored with probability 0.5 (``train_lift.flip``) or never.
 
 It copies the split files it reads (prepared, detections, features) into ``--work`` (default: a
 temporary folder) first, so other jobs rewriting ``data/`` cannot change a measurement half-way,
@@ -47,6 +49,14 @@ STUDIES: dict[str, dict[str, tuple[dict, dict]]] = {
         "lr_decay 0.9": ({}, {"lr_decay": 0.9}),
         "lr_decay 0.8": ({}, {"lr_decay": 0.8}),
     },
+    "epochs": {
+        "12 epochs": ({}, {"epochs": 12}),
+        "20 epochs": ({}, {"epochs": 20}),
+    },
+    "flip": {
+        "no flip": ({}, {"flip": 0.0}),
+        "flip 0.5": ({}, {"flip": 0.5}),
+    },
 }
 
 
@@ -71,7 +81,7 @@ def run_one(params: dict, layout, overrides: dict, train: dict, *, seed: int, ep
 
     p = dict(params)
     p["experiment"] = {**params["experiment"], "overrides": {**params["experiment"]["overrides"], **overrides}}
-    p[STAGE] = {**params[STAGE], **train, "epochs": epochs, "seed": seed, "resume": False, "log_checkpoint": False,
+    p[STAGE] = {**params[STAGE], "epochs": epochs, **train, "seed": seed, "resume": False, "log_checkpoint": False,
                 "checkpoint_dir": f"models/{tag}-s{seed}"}
     summary = train_stage(STAGE, p, layout, objective_factory=objective, lift_only=True)
     model, _ = load_trained(layout.root / p[STAGE]["checkpoint_dir"] / "best.pt", layout, lift_only=True)

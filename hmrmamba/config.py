@@ -341,6 +341,7 @@ PARAMS_SCHEMA: dict[str, Rule] = {
     **_train_rules("train_lift"),
     **_train_rules("train_mesh"),
     "train_mesh.loss_frames": _int(1, 8192, optional=True),
+    "train_lift.flip": _num(0, 1),
     "features.image_root": _OPT_PATH,
     "evaluate.split": _STR,
     "evaluate.batch_size": _COUNT,

@@ -197,6 +197,7 @@ class TrainSettings:
 @dataclass(frozen=True)
 class TrainLiftSettings(TrainSettings):
     loss: LiftLoss = _section(LiftLoss)
+    flip: float = 0.0  # probability of mirroring a training window (hmrmamba.data.augment)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def objective(s: TrainLiftSettings, image_size: float):
     from hmrmamba.train.losses import LiftLossWeights
     from hmrmamba.train.objectives import LiftObjective, loss_weights
 
-    return LiftObjective(weights=loss_weights(LiftLossWeights, asdict(s.loss)), image_size=image_size)
+    return LiftObjective(weights=loss_weights(LiftLossWeights, asdict(s.loss)), image_size=image_size, flip=s.flip)
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:

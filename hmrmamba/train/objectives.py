@@ -14,20 +14,27 @@ import torch
 from torch import nn
 
 from hmrmamba.body.gendered import GroundTruthBodies
+from hmrmamba.data.augment import flip_windows
 from hmrmamba.data.loading import SplitArrays
 from hmrmamba.errors import InputError
 from hmrmamba.evaluate.protocol import evaluate_predictions, predict_split, run_batch
+from hmrmamba.skeleton import H36M17
 from hmrmamba.train.losses import LiftLossWeights, MeshLossWeights, lift_loss, mesh_loss
 
 
 @dataclass
 class LiftObjective:
-    """Stage 1: lifted pose vs ground truth (eq. 14)."""
+    """Stage 1: lifted pose vs ground truth (eq. 14), on windows mirrored with probability ``flip``
+    while the model trains (:func:`hmrmamba.data.augment.flip_windows`; torch's RNG, so seeded)."""
 
     weights: LiftLossWeights
     image_size: float
+    flip: float = 0.0
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.flip > 0 and model.training:
+            which = torch.rand(batch["kp2d"].shape[0]) < self.flip
+            batch = flip_windows(batch, which, H36M17.flip)
         out = run_batch(model, batch, lift_only=True)
         return lift_loss(out.pose3d, batch["joints3d"], batch["kp2d_px"], batch["conf"], batch["mask"],
                          self.weights, camera=batch["camera"], root=batch["root"], image_size=self.image_size)

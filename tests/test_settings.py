@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_committed_params_parse_into_the_values_of_the_file():
     params = load_params(ROOT / "params.yaml")
     s = parse_settings(params)
-    assert s.train_lift.epochs == params["train_lift"]["epochs"] == 12
+    assert s.train_lift.epochs == params["train_lift"]["epochs"] == 10 and s.train_lift.flip == 0.5
+    assert s.train_mesh.epochs == 1 and s.synthetic.splits["train"].sequences == 80
     assert s.train_lift.lr == pytest.approx(4.0e-3)
     assert s.train_lift.loss == LiftLoss(mpjpe=1.0, temporal=0.5, velocity=0.5, reprojection=0.5)
     assert s.train_mesh.loss == MeshLoss(vertex=1.0, joint=1.0, normal=0.1, edge=20.0)
@@ -38,7 +39,7 @@ def test_committed_params_parse_into_the_values_of_the_file():
     assert s.detect2d.sources == ("gt", "sh", "detectron", "cpn") and s.detect2d.noise_scale == 2.0
     assert s.features.bbox_scale == 1.2 and s.features.crop_size == 96
     assert s.features.keep_spatial is True and s.features.map_layer == "layer3"
-    assert s.efficiency.scan.ref_batch == 16 and s.efficiency.scaling.frames == (16, 64, 243, 1024)
+    assert s.efficiency.scan.ref_batch == 16 and s.efficiency.scaling.frames == (16, 64, 243)
     assert s.datasets.h36m.test_cameras == (3,) and s.datasets.mpi3dhp.joints3d == "univ_annot3"
     assert s.train_seed("train_lift") == 0
 

@@ -43,16 +43,14 @@ def flip_windows(batch: Mapping[str, torch.Tensor], which: torch.Tensor,
     if not bool(which.any()):
         return dict(batch)
     perm = torch.as_tensor(list(joint_flip), dtype=torch.long)
+    picked = {"camera": batch["camera"][which]} if "camera" in batch else {}
     out = dict(batch)
     for key, mirror in _MIRROR.items():
         if key in batch:
-            value = batch[key]
-            out[key] = torch.where(_expand(which, value), mirror(value, perm, batch), value)
+            value = batch[key].clone()
+            value[which] = mirror(batch[key][which], perm, picked)  # only the mirrored windows are computed
+            out[key] = value
     return out
-
-
-def _expand(which: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return which.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _negate_x(x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,12 @@ class Layout:
         return self.root / f"data/features/{split}.h5"
 
     def metrics(self, stage: str) -> Path:
+        """The stage's detailed metrics (DVC-cached)."""
         return self.root / f"metrics/{stage}.json"
+
+    def summary(self, stage: str) -> Path:
+        """The stage's headline metrics (git-tracked; what ``dvc exp show`` and ``dvc metrics diff`` read)."""
+        return self.root / f"metrics/summary/{stage}.json"
 
     def plot(self, name: str) -> Path:
         return self.root / f"plots/{name}"

@@ -14,6 +14,7 @@ from hmrmamba.atomic import write_json
 from hmrmamba.config import find_project_root, load_params, validate_params
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
+from hmrmamba.report.headline import headline
 
 StageFn = Callable[[Mapping[str, Any], Layout], dict]
 
@@ -85,6 +86,7 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
         metrics = fn(params, layout)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(layout.metrics(stage), metrics)
+    write_json(layout.summary(stage), headline(stage, metrics))
     logging.getLogger("hmrmamba").info("%s done in %.1f s", stage, metrics["seconds"])
     return metrics
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from hmrmamba.atomic import atomic_path
 from hmrmamba.errors import InputError
 
+#: The comment heading params.yaml files that are not DVC's: the scratch projects of the comparison flows.
+#: The project's own params.yaml has none, see :func:`params_text`.
 HEADER = ("# Generated from conf/ by `hmrmamba params` (profile: {profile}). Edit conf/, then regenerate.\n"
           "# `dvc exp run -S profile=paper-s` composes the same way.\n")
 
@@ -48,6 +48,14 @@ def write_params(root: Path, params: dict[str, Any]) -> Path:
     path = root / "params.yaml"
     validate_params(params, file=path)
     with atomic_path(path) as tmp:
-        tmp.write_text(HEADER.format(profile=params.get("profile", "?"))
-                       + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=100))
+        tmp.write_text(params_text(params), encoding="utf-8")
     return path
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``params`` as YAML, byte for byte as DVC writes params.yaml when it composes with Hydra
+    (``dvc exp run -S``: ``OmegaConf.to_yaml``), so applying an experiment changes only the changed values.
+    No comment header: DVC's rewrite would drop it (conf/config.yaml says where params.yaml comes from)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(params))

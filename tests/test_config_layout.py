@@ -9,7 +9,7 @@ from hmrmamba.config import flatten, home_root, resolve_path
 from hmrmamba.data.synthetic.cameras import Camera, fit_in_frame, look_at, sample_camera
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
-from hmrmamba.profiles import compose
+from hmrmamba.profiles import compose, params_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_params_yaml_is_the_composed_default_profile():
     committed = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert committed == compose(ROOT, "default"), "params.yaml is stale: run `hmrmamba params`"
+
+
+def test_params_yaml_is_written_as_dvc_writes_it(tmp_path):
+    """``dvc exp run -S`` recomposes params.yaml from conf/ with Hydra and writes it with DVC's own dumper:
+    the committed file must be that text byte for byte, so applying an experiment changes only its values."""
+    from dvc.utils.hydra import compose_and_dump
+
+    assert (ROOT / "params.yaml").read_text() == params_text(compose(ROOT, "default")), \
+        "params.yaml is not in DVC's style: run `hmrmamba params`"
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), ["train_mesh.lr=0.5"])
+    ours, dvcs = (ROOT / "params.yaml").read_text().splitlines(), out.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(ours, dvcs) if a != b]
+    assert len(ours) == len(dvcs) and len(changed) == 1 and changed[0][1] == "  lr: 0.5", changed
 
 
 def test_profiles_override_one_key():
@@ -41,7 +55,8 @@ def test_dvc_outs_match_layout():
     }
     for stage, out in expected.items():
         assert ROOT / dvc[stage]["outs"][0] == out
-        assert ROOT / next(iter(dvc[stage]["metrics"][0])) == lay.metrics(stage)
+        assert ROOT / dvc[stage]["outs"][1] == lay.metrics(stage)
+        assert ROOT / next(iter(dvc[stage]["metrics"][0])) == lay.summary(stage)
         assert dvc[stage]["cmd"] == f"python -m hmrmamba.stages.{stage}"
 
 

@@ -92,6 +92,18 @@ class BodyModelSettings:
 class SplitCounts:
     sequences: int
     subjects: int
+    motion_source: Any = None  # None: synthetic.motion_source; else this split's own (hmrmamba.data.mocap.sources)
+
+
+@dataclass(frozen=True)
+class MocapSettings:
+    """``synthetic.mocap``: folders of motion files and how BVH is read (checked in hmrmamba.data.mocap.sources)."""
+
+    bvh_dir: str | None = None
+    amass_dir: str | None = None
+    joint_map: Any = "auto"  # auto | cmu | mixamo | biovision | asf | {bvh joint: smpl joint}
+    units: Any = "auto"      # auto | m | cm | mm | inch | cmu | metres per file unit
+    up: str = "y"            # the files' up axis: y | z
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,8 @@ class SyntheticSettings:
     max_travel: float = 1.0
     seed: int = 0
     camera: CameraSettings = _section(CameraSettings)
+    motion_source: Any = "procedural"  # procedural | bvh | amass | bvh:<folder> | amass:<folder> | {source: weight}
+    mocap: MocapSettings = _section(MocapSettings)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ STAGE = "prepare"
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
     from hmrmamba.data.h5schema import write_split
+    from hmrmamba.data.mocap.sources import plan_motion
     from hmrmamba.data.synthetic.maker import SyntheticConfig, SyntheticMaker, subject_ids
     from hmrmamba.settings import section_settings
 
@@ -22,16 +23,21 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
 
         return prepare_real(params, layout)
     cfg = SyntheticConfig.from_params(params["synthetic"])
+    # every motion file is read and checked before anything is rendered or written
+    motion = plan_motion(params["synthetic"], layout.root, fps=cfg.fps, min_frames=cfg.frames[0], seed=cfg.seed)
     maker = SyntheticMaker(cfg, layout.body_model)
     subjects = subject_ids(cfg)
     metrics: dict[str, Any] = {"dataset": name}
     for spec in cfg.splits:
-        frames, seqs = maker.build(spec, subjects[spec.name])
+        plan = motion[spec.name]
+        frames, seqs = maker.build(spec, subjects[spec.name], motion=None if plan.procedural_only else plan)
         write_split(layout.prepared(spec.name), frames, seqs,
                     attrs={"dataset": name, "split": spec.name, "image_size": cfg.image_size,
                            "joint_set": "h36m17"})
         metrics[spec.name] = {"frames": int(frames["joints3d"].shape[0]), "sequences": spec.sequences,
                               "subjects": spec.subjects}
+        if not plan.procedural_only:
+            metrics[spec.name]["motion"] = plan.summary()
     return metrics
 
 

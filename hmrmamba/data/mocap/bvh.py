@@ -6,7 +6,8 @@ local translation is its ``OFFSET``, replaced by its position channels when it h
 practice only the root). Global: ``R_g = R_g(parent) @ R``, ``p = p(parent) + R_g(parent) @ t``.
 
 Retargeting (:func:`bvh_to_smpl`). Each SMPL joint is mapped to a BVH joint by name (tables for
-the CMU/cgspeed, Mixamo and Biovision conventions; :func:`guess_joint_map`). The two rest poses
+the CMU/cgspeed, Mixamo, Biovision and original CMU ASF conventions, :data:`JOINT_MAPS`;
+:func:`guess_joint_map`). The two rest poses
 differ (the BVH may be an A-pose, face another way, have extra or missing joints), so a constant
 alignment ``A_j`` is computed per SMPL joint from the rest poses: the root from the hip line and
 the spine (a full frame), every other joint as the smallest rotation, on top of its parent's
@@ -65,6 +66,22 @@ for _side in ("Left", "Right"):
         f"{_side}Toes": f"{_s}_foot", f"{_side}Toe": f"{_s}_foot", f"{_side}Collar": f"{_s}_collar",
         f"{_side}Shoulder": f"{_s}_shoulder", f"{_side}Elbow": f"{_s}_elbow",
         f"{_side}Wrist": f"{_s}_wrist"})
+
+#: The original CMU ASF/AMC bone names, as BVH files converted with them name their joints (a joint
+#: is named after the bone it rotates, so ``lfemur`` sits at the hip and ``ltibia`` at the knee).
+ASF_TO_SMPL: dict[str, str] = {
+    "root": "pelvis", "lowerback": "spine1", "upperback": "spine2", "thorax": "spine3", "lowerneck": "neck",
+    "head": "head",
+}
+for _s, _full in (("l", "left"), ("r", "right")):
+    ASF_TO_SMPL.update({f"{_s}femur": f"{_full}_hip", f"{_s}tibia": f"{_full}_knee", f"{_s}foot": f"{_full}_ankle",
+                        f"{_s}toes": f"{_full}_foot", f"{_s}clavicle": f"{_full}_collar",
+                        f"{_s}humerus": f"{_full}_shoulder", f"{_s}radius": f"{_full}_elbow",
+                        f"{_s}wrist": f"{_full}_wrist", f"{_s}hand": f"{_full}_hand"})
+
+#: The named joint maps (``synthetic.mocap.joint_map``).
+JOINT_MAPS: dict[str, dict[str, str]] = {"cmu": CMU_TO_SMPL, "mixamo": MIXAMO_TO_SMPL,
+                                         "biovision": BIOVISION_TO_SMPL, "asf": ASF_TO_SMPL}
 
 #: Metres per file unit for the ``units`` argument of :func:`bvh_to_smpl`.
 UNITS: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001, "inch": 0.0254, "cmu": 0.0254 / 0.45}
@@ -334,6 +351,8 @@ def _plain(name: str) -> str:
 def guess_joint_map(names) -> dict[str, str]:
     """Pick the name table that fits a BVH skeleton's joint names (prefixes like 'x:' ignored)."""
     plain = {_plain(n) for n in names}
+    if {"lfemur", "rfemur", "lhumerus", "rhumerus"} & plain:
+        return ASF_TO_SMPL
     if {"LeftCollar", "LeftKnee", "LeftHip", "LeftElbow"} & plain:
         return BIOVISION_TO_SMPL
     if "LowerBack" in plain:
@@ -479,5 +498,6 @@ def bvh_to_smpl(clip: BvhClip, joint_map: Mapping[str, str] | None = None, *, un
     soles = [rest_b] + [(rest_b[j] + Q @ e * scale)[None] for j, e in clip.end_sites.items()]
     height = rest_b[smpl_of[0], 1] - np.concatenate(soles)[:, 1].min()
     trans = pelvis - np.array([0.0, height, 0.0])
-    out = MotionClip(pose=pose.astype(np.float32), trans=trans.astype(np.float32), fps=clip.fps, kind="bvh")
+    out = MotionClip(pose=pose.astype(np.float32), trans=trans.astype(np.float32), fps=clip.fps, kind="bvh",
+                     pelvis_height=float(height))
     return out if target_fps is None else resample_clip(out, target_fps)

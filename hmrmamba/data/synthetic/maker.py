@@ -13,6 +13,7 @@ are re-expressed so that ``smplx(pose, betas, trans)`` gives the camera-frame me
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -140,6 +141,9 @@ def limit_travel(trans: np.ndarray, max_travel: float) -> np.ndarray:
     return out.astype(trans.dtype)
 
 
+_SAFE = re.compile(r"[^\w.@+-]")  # characters a sequence name keeps from a motion's kind
+
+
 class SyntheticMaker:
     """Builds splits of the synthetic dataset from a body model file."""
 
@@ -169,8 +173,19 @@ class SyntheticMaker:
         rest = self.smpl(betas=b[:1])
         return out.vertices, rest.joints[0, 0]
 
-    def sequences(self, split: SplitSpec, subjects: list[str]) -> Iterator[dict]:
-        """Yield one dict per sequence with per-frame arrays and per-sequence fields."""
+    @torch.inference_mode()
+    def standing_pelvis_height(self, betas: np.ndarray) -> float:
+        """Rest pelvis height above the lowest vertex (the soles) of the body with ``betas``, metres."""
+        rest = self.smpl(betas=torch.as_tensor(betas, dtype=torch.float32, device=self.device)[None])
+        return float(rest.joints[0, 0, 1] - rest.vertices[0, :, 1].min())
+
+    def sequences(self, split: SplitSpec, subjects: list[str], motion=None) -> Iterator[dict]:
+        """Yield one dict per sequence with per-frame arrays and per-sequence fields.
+
+        motion: the split's :class:`~hmrmamba.data.mocap.sources.SplitMotion` (None: procedural only).
+        A mocap clip keeps its joint rotations; bone lengths are the subject's, and a BVH root path
+        is scaled by the subject's pelvis height over the mocap actor's.
+        """
         from hmrmamba.data.synthetic.motion import random_motion, sample_betas
         from hmrmamba.render.raster import render_mesh
         from hmrmamba.render.scene import add_occluders, motion_blur, procedural_background
@@ -182,9 +197,15 @@ class SyntheticMaker:
             rng = named_rng(cfg.seed, "sequence", split.name, i)
             subject = subjects[i % len(subjects)]
             n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
-            clip = random_motion(rng, num_frames=n, fps=cfg.fps, kinds=cfg.motions)
+            clip = None if motion is None else motion.clip(cfg.seed, i, n)
+            if clip is None:
+                clip = random_motion(rng, num_frames=n, fps=cfg.fps, kinds=cfg.motions)
+            n = clip.num_frames
             betas = betas_of[subject].astype(np.float32)
-            trans_w = limit_travel(clip.trans, cfg.max_travel)
+            trans = clip.trans
+            if clip.pelvis_height:
+                trans = trans * np.float32(self.standing_pelvis_height(betas) / clip.pelvis_height)
+            trans_w = limit_travel(trans, cfg.max_travel)
             verts_w, pelvis_rest = self._pose(clip.pose, betas, trans_w)
             joints_w = torch.einsum("jv,tvc->tjc", self.j_h36m, verts_w).numpy()
             cam = sample_camera(rng, target=joints_w[:, 0].mean(0), image_size=cfg.image_size,
@@ -202,7 +223,7 @@ class SyntheticMaker:
                 frames=dict(joints3d=joints_c, joints2d=cam.project(joints_c).astype(np.float32),
                             smpl_pose=pose_c, smpl_betas=np.tile(betas, (n, 1)), smpl_trans=trans_c,
                             image=images),
-                seq=dict(seq_name=f"{split.name}_{i:04d}_{subject}_{clip.kind}", seq_len=n,
+                seq=dict(seq_name=f"{split.name}_{i:04d}_{subject}_{_SAFE.sub('-', clip.kind)}", seq_len=n,
                          camera=cam.intrinsics.astype(np.float32), fps=cfg.fps, subject=subject,
                          motion=clip.kind))
 
@@ -239,11 +260,12 @@ class SyntheticMaker:
                                 for i in range(n)])
         return images.numpy()
 
-    def build(self, split: SplitSpec, subjects: list[str], progress: bool = True) -> tuple[dict, dict]:
-        """-> (frames, seqs) arrays of one split in the HDF5 schema."""
+    def build(self, split: SplitSpec, subjects: list[str], progress: bool = True, motion=None
+              ) -> tuple[dict, dict]:
+        """-> (frames, seqs) arrays of one split in the HDF5 schema (motion: see :meth:`sequences`)."""
         frames: dict[str, list] = {}
         seqs: dict[str, list] = {}
-        for item in tqdm(self.sequences(split, subjects), total=split.sequences, disable=not progress,
+        for item in tqdm(self.sequences(split, subjects, motion), total=split.sequences, disable=not progress,
                          desc=f"prepare {split.name}", unit="seq"):
             for k, v in item["frames"].items():
                 frames.setdefault(k, []).append(v)

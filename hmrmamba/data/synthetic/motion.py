@@ -82,7 +82,9 @@ class MotionClip:
     """A motion: pose (T, 72) float32 axis-angle, trans (T, 3) float32 metres (y up), fps.
 
     ``kind`` names the source (a motion kind, ``"a+b"`` for a blend, ``"bvh"``, ``"amass"``).
-    ``betas`` and ``gender`` are set when the source has them (AMASS).
+    ``betas`` and ``gender`` are set when the source has them (AMASS). ``pelvis_height``: the
+    source subject's standing pelvis height above the soles in metres (BVH), so that a body of
+    other proportions can scale ``trans`` to its own legs.
     """
 
     pose: np.ndarray
@@ -91,6 +93,7 @@ class MotionClip:
     kind: str
     betas: np.ndarray | None = None
     gender: str | None = None
+    pelvis_height: float | None = None
 
     @property
     def num_frames(self) -> int:

@@ -29,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, wait
 
 from hmrmamba.atomic import atomic_path
-from hmrmamba.config import find_project_root, flatten, home_root, load_params
+from hmrmamba.config import find_project_root, flatten, load_params
 from hmrmamba.errors import InputError
 from hmrmamba.layout import Layout
 from tasks.stages import row_threads, run_chain, stage_task
@@ -135,38 +135,34 @@ def data_ready(root: Path) -> bool:
 
 def ensure_experiments(root: Path, uri: str, names: Sequence[str]) -> None:
     """Create the stage experiments up front, so their artifacts live in ``<root>/mlartifacts`` (not in a
-    scratch project, which would otherwise create them)."""
+    scratch project, which would otherwise create them); a store moved with its checkout is repaired first."""
     import mlflow
 
     from hmrmamba import mlflow_runs
     mlflow.set_tracking_uri(uri)
+    mlflow_runs.open_store(mlflow, uri, root)
     for name in names:
-        mlflow_runs._experiment_id(mlflow, name, home_root(root) / "mlartifacts")
+        mlflow_runs._experiment_id(mlflow, name, mlflow_runs.artifact_root(root))
 
 
 @contextlib.contextmanager
 def parent_run(*, root: Path, uri: str, flow_name: str, tags: Mapping[str, str],
                params: Mapping[str, Any]) -> Iterator[str]:
-    """An MLflow run in experiment ``flow-<flow_name>`` for the whole flow -> its id.
+    """An MLflow run in experiment ``flow-<flow_name>`` for the whole flow -> its id; the flow's stage runs nest
+    under it in that experiment (:func:`hmrmamba.mlflow_runs.stage_run`).
 
-    Created with the client API, so no run is active in any thread: the stage runs name it as their parent
-    explicitly. It ends FINISHED, or FAILED when the block raises. The composed params are its artifact.
+    Named ``<flow>:<variant>:<detector>`` (as far as ``tags`` say), its params are the profile, seed and
+    experiment section (variant, detector, overrides), the composed params its ``params.yaml`` artifact and,
+    at the end, the test errors of its evaluate runs its metrics. It ends FINISHED, or FAILED when the block
+    raises (:func:`hmrmamba.mlflow_runs.parent_run`).
     """
-    from mlflow.tracking import MlflowClient
+    from hmrmamba import mlflow_runs
 
-    name = f"flow-{flow_name}"
-    ensure_experiments(root, uri, [name])
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    run = client.create_run(exp.experiment_id, run_name=flow_name, tags=dict(tags))
-    run_id = run.info.run_id
-    status = "FAILED"
-    try:
-        client.log_dict(run_id, dict(params), "params.yaml")
+    name = ":".join([flow_name, *(tags[k] for k in ("variant", "detector2d") if tags.get(k))])
+    shown = {k: params[k] for k in ("profile", "seed", "experiment") if k in params}
+    with mlflow_runs.parent_run(root=root, uri=uri, experiment=f"flow-{flow_name}", run_name=name,
+                                tags={"flow": flow_name, **tags}, params=shown, record=params) as run_id:
         yield run_id
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
 
 
 def log_parent_artifacts(uri: str, run_id: str, paths: Sequence[Path]) -> None:

@@ -99,7 +99,7 @@ def run_comparison(flow_name: str, *, root: str | None, profile: str | None, ove
         results = {k: f.result() for k, f in futures.items() if f.state.is_completed()}
         table, plots = None, []
         if results:
-            table = comparison_table(root=project, experiment="evaluate", by=by, tracking={"uri": uri},
+            table = comparison_table(root=project, stage="evaluate", by=by, tracking={"uri": uri},
                                      filter_string=f"tags.flow_run_id = '{base_tags['flow_run_id']}'")
             order = {v.label: i for i, v in enumerate(variants)}
             table = table.sort_values(by, key=lambda s: s.map(order)).reset_index(drop=True)

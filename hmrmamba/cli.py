@@ -160,11 +160,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hmrmamba.report.compare import compare, markdown_table
     from hmrmamba.config import find_project_root, load_params
+    from hmrmamba.report.compare import compare, markdown_table
 
     root = find_project_root()
-    table, csv, png = compare(root=root, experiment=args.experiment, by=args.by, filter_string=args.filter,
+    table, csv, png = compare(root=root, stage=args.stage, by=args.group_by, latest=not args.all,
+                              baseline=args.baseline, filter_string=args.filter, experiment=args.experiment,
                               out_dir=args.output_dir, tracking=load_params(root / "params.yaml").get("tracking"))
     print(markdown_table(table))
     print(f"wrote {csv} and {png}")
@@ -281,11 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="run one pipeline stage")
     p.add_argument("name", choices=STAGES)
     p.set_defaults(fn=cmd_stage)
-    p = sub.add_parser("compare", help="compare MLflow runs across variants (latest finished run each)")
-    p.add_argument("--experiment", default="evaluate", help="MLflow experiment (= stage name)")
-    p.add_argument("--by", default="variant", help="tag that names a row, e.g. variant or detector2d")
+    p = sub.add_parser("compare", help="compare finished MLflow runs of a stage, grouped by a tag or param")
+    p.add_argument("--stage", default="evaluate", help="the stage whose runs to compare (tag `stage`)")
+    p.add_argument("--group-by", "--by", dest="group_by", default="variant",
+                   help="tag or param naming a row: variant, tags.detector2d, params.experiment.variant, "
+                        "params.train_mesh.epochs, tags.dvc_exp, ...")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--latest", action="store_true", help="the latest finished run of each group (default)")
+    which.add_argument("--all", action="store_true", help="every finished run, grouped")
+    p.add_argument("--baseline", help="a group value or run id: show every metric minus that run's")
     p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.flow = 'ablation'\"")
-    p.add_argument("--output-dir", default="plots", help="where compare_<experiment>_by_<by>.{csv,png} go")
+    p.add_argument("--experiment", help="only this MLflow experiment (default: all of them)")
+    p.add_argument("--output-dir", default="plots", help="where compare_<stage>_by_<group>*.{csv,png} go")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("efficiency", help="Table 4: run the efficiency stage and print its table")
     p.add_argument("--quick", action="store_true", help="one run each, T <= 243 (efficiency.quick)")

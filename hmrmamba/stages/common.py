@@ -57,6 +57,32 @@ def standard_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+#: Params sections a stage's result depends on besides its own section (upstream training included), logged
+#: with it so that runs compare on every setting that changed their numbers. Every stage also logs
+#: :data:`COMMON_SECTIONS`; model stages the ``experiment`` section.
+UPSTREAM_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("synthetic", "datasets"), "detect2d": ("synthetic",), "features": ("synthetic",),
+    "train_mesh": ("train_lift",), "evaluate": ("train_lift", "train_mesh"),
+    "report": ("train_lift", "train_mesh", "evaluate")}
+COMMON_SECTIONS = ("profile", "seed", "runtime", "dataset")
+
+
+def run_params(stage: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params logged with a stage's MLflow run: {section: value} of :data:`COMMON_SECTIONS`, the
+    ``experiment`` section (model stages), the stage's upstream sections and its own, as in params.yaml."""
+    names = [*COMMON_SECTIONS, *(("experiment",) if stage in MODEL_STAGES else ()),
+             *UPSTREAM_SECTIONS.get(stage, ()), stage]
+    return {name: params[name] for name in dict.fromkeys(names) if name in params}
+
+
+def run_name(stage: str, tags: Mapping[str, str]) -> str:
+    """``<stage>:<variant>:<detector>`` for model stages (the tags a flow row sets win), else ``<stage>``; a DVC
+    experiment's name is appended as ``@<name>``."""
+    name = f"{stage}:{tags.get('variant', '')}:{tags.get('detector2d', '')}" if stage in MODEL_STAGES else stage
+    dvc_exp = os.environ.get("DVC_EXP_NAME", "")
+    return f"{name}@{dvc_exp}" if dvc_exp else name
+
+
 def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mapping[str, Any] | None = None,
             tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
             log_to_mlflow: bool = True) -> dict:
@@ -76,9 +102,9 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
     stage_tags = {**standard_tags(stage, params), **(tags or {})}
     t0 = time.perf_counter()
     if log_to_mlflow:
-        with mlflow_runs.stage_run(stage, root=root, params=params.get(stage, {}) | {"seed": params.get("seed")},
-                                tags=stage_tags, tracking=params.get("tracking"),
-                                parent_run_id=parent_run_id):
+        with mlflow_runs.stage_run(stage, root=root, params=run_params(stage, params), tags=stage_tags,
+                                   tracking=params.get("tracking"), run_name=run_name(stage, stage_tags),
+                                   parent_run_id=parent_run_id):
             metrics = fn(params, layout)
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             mlflow_runs.log_metrics(metrics)

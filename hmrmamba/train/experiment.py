@@ -144,6 +144,7 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     from hmrmamba.settings import section_settings
     from hmrmamba.train import Trainer, make_loader, seed_everything
     from hmrmamba.train.checkpoint import load_checkpoint
+    from hmrmamba.train.logged_model import input_example, log_trained_model
     from hmrmamba.train.objectives import validation
     from hmrmamba.train.optim import NO_DECAY_RULE, build_adamw
 
@@ -207,7 +208,8 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
     write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")
     best_ckpt = ckpt_dir / "best.pt"
     if s.log_checkpoint and best_ckpt.exists() and is_main_process():
-        mlflow_runs.log_artifact(best_ckpt, "checkpoints")
+        log_trained_model(best_ckpt, layout, model=model, example=input_example(model, val), lift_only=lift_only,
+                          variant=exp["variant"])
     return {"variant": exp["variant"], "detector": exp["detector"], "epochs": len(result.history),
             "best_epoch": result.best_epoch, "best_val_mpjpe": result.best_metric,
             "final_train_loss": last.get("train_loss"), "final_val_mpjpe": last.get("val_mpjpe"),

@@ -112,6 +112,11 @@ class CameraSettings:
     height: tuple[float, float] = (-0.2, 1.2)
     yaw_deg: tuple[float, float] = (-180.0, 180.0)
     person_fraction: tuple[float, float] = (0.45, 0.8)
+    pitch_deg: tuple[float, float] = (0.0, 0.0)  # extra tilt away from the person (positive: down)
+    roll_deg: tuple[float, float] = (0.0, 0.0)   # turn about the optical axis
+    focal: tuple[float, float] | None = None     # focal length in image widths; None: from person_fraction
+    partial_prob: float = 0.0                    # share of sequences whose person partly leaves the frame
+    partial_cut: tuple[float, float] = (0.1, 0.4)  # how much of the person's box lies past the edge
 
 
 _DEFAULT_SPLITS = {"train": SplitCounts(40, 8), "val": SplitCounts(6, 2), "test": SplitCounts(12, 3)}

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 import yaml
 
-from hmrmamba.data.mocap.bvh import ASF_TO_SMPL, JOINT_MAPS, bvh_forward_kinematics, bvh_to_smpl, \
-    guess_joint_map, parse_bvh, read_bvh
+from hmrmamba.data.mocap.bvh import (
+    ASF_TO_SMPL,
+    JOINT_MAPS,
+    bvh_forward_kinematics,
+    bvh_to_smpl,
+    guess_joint_map,
+    parse_bvh,
+    read_bvh,
+)
 from hmrmamba.data.mocap.sources import MocapOptions, deal, load_motion_file, plan_motion
 
 ROOT = Path(__file__).resolve().parents[1]

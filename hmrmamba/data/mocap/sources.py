@@ -67,7 +67,7 @@ class MocapOptions:
     up: str = "y"
 
     @classmethod
-    def from_params(cls, p: Mapping[str, Any] | None) -> "MocapOptions":
+    def from_params(cls, p: Mapping[str, Any] | None) -> MocapOptions:
         p = dict(p or {})
         opts = cls(**{k: p[k] for k in ("bvh_dir", "amass_dir", "joint_map", "units", "up") if k in p})
         opts.bvh_map(["Hips"])  # checks the map

@@ -14,14 +14,14 @@ are re-expressed so that ``smplx(pose, betas, trans)`` gives the camera-frame me
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmrmamba.data.synthetic.cameras import Camera, fit_in_frame, sample_camera
+from hmrmamba.data.synthetic.cameras import Camera, fit_in_frame, push_out_of_frame, sample_camera
 from hmrmamba.errors import InputError
 from hmrmamba.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from hmrmamba.named_rng import named_rng
@@ -54,13 +54,18 @@ class SyntheticConfig:
     height: tuple[float, float] = (-0.2, 1.2)
     yaw_deg: tuple[float, float] = (-180.0, 180.0)
     person_fraction: tuple[float, float] = (0.45, 0.8)
+    pitch_deg: tuple[float, float] = (0.0, 0.0)
+    roll_deg: tuple[float, float] = (0.0, 0.0)
+    focal: tuple[float, float] | None = None  # image widths; None: from person_fraction
+    partial_prob: float = 0.0  # probability that a sequence's person partly leaves the frame
+    partial_cut: tuple[float, float] = (0.1, 0.4)  # fraction of the person's box past the edge
     betas_scale: float = 1.5
     max_travel: float = 1.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, p: dict) -> "SyntheticConfig":
+    def from_params(cls, p: dict) -> SyntheticConfig:
         try:
             splits = tuple(SplitSpec(name=k, sequences=int(v["sequences"]), subjects=int(v["subjects"]))
                            for k, v in p["splits"].items())
@@ -75,6 +80,11 @@ class SyntheticConfig:
                       height=tuple(cam.get("height", cls.height)),
                       yaw_deg=tuple(cam.get("yaw_deg", cls.yaw_deg)),
                       person_fraction=tuple(cam.get("person_fraction", cls.person_fraction)),
+                      pitch_deg=tuple(cam.get("pitch_deg", cls.pitch_deg)),
+                      roll_deg=tuple(cam.get("roll_deg", cls.roll_deg)),
+                      focal=None if cam.get("focal") is None else tuple(cam["focal"]),
+                      partial_prob=float(cam.get("partial_prob", 0.0)),
+                      partial_cut=tuple(cam.get("partial_cut", cls.partial_cut)),
                       betas_scale=float(p.get("betas_scale", 1.5)),
                       max_travel=float(p.get("max_travel", 1.0)), seed=int(p.get("seed", 0)))
         except (KeyError, TypeError, ValueError) as exc:
@@ -90,11 +100,18 @@ class SyntheticConfig:
         if any(s.sequences < 1 or s.subjects < 1 for s in cfg.splits):
             raise InputError("a split has no sequences or subjects", file="params.yaml",
                              field="synthetic.splits", expected="sequences >= 1 and subjects >= 1")
-        for key in ("distance", "height", "yaw_deg", "person_fraction"):
+        ranges = ["distance", "height", "yaw_deg", "person_fraction", "pitch_deg", "roll_deg", "partial_cut"]
+        for key in ranges + (["focal"] if cfg.focal is not None else []):
             rng = getattr(cfg, key)
             if len(rng) != 2 or not all(np.isfinite(rng)) or rng[0] > rng[1]:
                 raise InputError(f"{key}={list(rng)}", file="params.yaml", field=f"synthetic.camera.{key}",
                                  expected="a finite range [lo, hi] with lo <= hi")
+        if (cfg.focal is not None and cfg.focal[0] <= 0) or not 0 <= cfg.partial_prob <= 1 \
+                or not 0 <= cfg.partial_cut[0] <= cfg.partial_cut[1] < 1:
+            raise InputError(f"focal={cfg.focal}, partial_prob={cfg.partial_prob}, "
+                             f"partial_cut={cfg.partial_cut}", file="params.yaml", field="synthetic.camera",
+                             expected="focal above 0 (or null), partial_prob in [0, 1], "
+                                      "partial_cut in [0, 1)")
         if cfg.distance[0] <= 0 or cfg.person_fraction[0] <= 0:
             raise InputError(f"distance={list(cfg.distance)}, person_fraction={list(cfg.person_fraction)}",
                              file="params.yaml", field="synthetic.camera",
@@ -210,8 +227,12 @@ class SyntheticMaker:
             joints_w = torch.einsum("jv,tvc->tjc", self.j_h36m, verts_w).numpy()
             cam = sample_camera(rng, target=joints_w[:, 0].mean(0), image_size=cfg.image_size,
                                 distance=cfg.distance, height=cfg.height, yaw_deg=cfg.yaw_deg,
-                                person_fraction=cfg.person_fraction)
+                                person_fraction=cfg.person_fraction, pitch_deg=cfg.pitch_deg,
+                                roll_deg=cfg.roll_deg, focal=cfg.focal)
             cam = fit_in_frame(cam, verts_w[:, ::7].numpy(), cfg.image_size)
+            if cfg.partial_prob > 0 and rng.random() < cfg.partial_prob:
+                cam = push_out_of_frame(cam, verts_w[:, ::7].numpy(), cfg.image_size,
+                                        cut=float(rng.uniform(*cfg.partial_cut)), side=int(rng.integers(4)))
             R = torch.as_tensor(cam.R, dtype=torch.float32)
             tvec = torch.as_tensor(cam.t, dtype=torch.float32)
             verts_c = verts_w @ R.T + tvec

@@ -24,7 +24,7 @@ from hmrmamba.data.mocap.bvh import (
     parse_bvh,
     read_bvh,
 )
-from hmrmamba.data.mocap.sources import MocapOptions, deal, load_motion_file, plan_motion
+from hmrmamba.data.mocap.sources import bvh_map, deal, load_motion_file, mocap_options, plan_motion
 
 ROOT = Path(__file__).resolve().parents[1]
 MOCAP = ROOT / "tests" / "fixtures" / "mocap"
@@ -64,18 +64,18 @@ def test_joint_maps_retarget_the_same_mocap_alike(convention, names, prefix):
     # a user's own mapping, given in params: the ASF table spelled out under other names
     own = {f"my_{b}": ASF_TO_SMPL[b] for b in ASF_TO_SMPL}
     user = parse_bvh(renamed(renamed(text, CMU_TO_ASF), {}, "my_"))
-    opts = MocapOptions.from_params({"joint_map": own})
-    np.testing.assert_allclose(bvh_to_smpl(user, opts.bvh_map(user.names)).pose, ref.pose, atol=1e-5)
+    opts = mocap_options({"joint_map": own})
+    np.testing.assert_allclose(bvh_to_smpl(user, bvh_map(opts, user.names)).pose, ref.pose, atol=1e-5)
 
 
 def test_named_map_that_does_not_fit_names_the_joints(tmp_path):
     path = tmp_path / "mixamo.bvh"
     path.write_text(renamed((MOCAP / CMU_FILES[0]).read_text(), CMU_TO_MIXAMO, "mixamorig:"))
     # the CMU table finds the limbs (same names) but Mixamo's spine sits one joint lower: still placeable
-    load_motion_file(path, "bvh", fps=25, opts=MocapOptions(joint_map="cmu"))
+    load_motion_file(path, "bvh", fps=25, opts=mocap_options({"joint_map": "cmu"}))
     with pytest.raises(Exception, match=r"mixamo.bvh: field 'HIERARCHY': the biovision joint map .* "
                                         r"left_hip \(no BVH joint 'LeftHip'\)"):
-        load_motion_file(path, "bvh", fps=25, opts=MocapOptions(joint_map="biovision"))
+        load_motion_file(path, "bvh", fps=25, opts=mocap_options({"joint_map": "biovision"}))
 
 
 def test_files_are_dealt_to_one_split_each_deterministically():

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from hmrmamba.data.mocap.bvh import JOINT_MAPS, UNITS, bvh_to_smpl, guess_joint_
 from hmrmamba.data.synthetic.motion import MotionClip, resample_clip
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.named_rng import named_rng
+from hmrmamba.settings import MocapSettings
 from hmrmamba.skeleton import SMPL24
 
 SOURCE_KINDS = ("procedural", "bvh", "amass")
@@ -56,48 +57,39 @@ REQUIRED_JOINTS = ("pelvis", "left_hip", "right_hip", "left_knee", "right_knee",
 PARAMS = "params.yaml"
 
 
-@dataclass(frozen=True)
-class MocapOptions:
-    """``synthetic.mocap``: the shared folders and how BVH files are read."""
+def mocap_options(p: Mapping[str, Any] | None) -> MocapSettings:
+    """``synthetic.mocap`` (a params mapping) -> checked :class:`~hmrmamba.settings.MocapSettings`."""
+    p = dict(p or {})
+    opts = MocapSettings(**{f.name: p[f.name] for f in fields(MocapSettings) if f.name in p})
+    bvh_map(opts, ["Hips"])  # checks the map
+    if not (opts.units == "auto" or opts.units in UNITS or (
+            isinstance(opts.units, int | float) and not isinstance(opts.units, bool)
+            and math.isfinite(opts.units) and opts.units > 0)):
+        raise InputError(f"units={opts.units!r}", file=PARAMS, field="synthetic.mocap.units",
+                         expected=f"'auto', one of {sorted(UNITS)} or metres per file unit > 0")
+    if opts.up not in ("y", "z"):
+        raise InputError(f"up={opts.up!r}", file=PARAMS, field="synthetic.mocap.up", expected="'y' or 'z'")
+    return opts
 
-    bvh_dir: str | None = None
-    amass_dir: str | None = None
-    joint_map: Any = "auto"  # auto | cmu | mixamo | biovision | asf | {bvh joint: smpl joint}
-    units: Any = "auto"      # auto | m | cm | mm | inch | cmu | metres per file unit
-    up: str = "y"
 
-    @classmethod
-    def from_params(cls, p: Mapping[str, Any] | None) -> MocapOptions:
-        p = dict(p or {})
-        opts = cls(**{k: p[k] for k in ("bvh_dir", "amass_dir", "joint_map", "units", "up") if k in p})
-        opts.bvh_map(["Hips"])  # checks the map
-        if not (opts.units == "auto" or opts.units in UNITS or (
-                isinstance(opts.units, int | float) and not isinstance(opts.units, bool)
-                and math.isfinite(opts.units) and opts.units > 0)):
-            raise InputError(f"units={opts.units!r}", file=PARAMS, field="synthetic.mocap.units",
-                             expected=f"'auto', one of {sorted(UNITS)} or metres per file unit > 0")
-        if opts.up not in ("y", "z"):
-            raise InputError(f"up={opts.up!r}", file=PARAMS, field="synthetic.mocap.up", expected="'y' or 'z'")
-        return opts
-
-    def bvh_map(self, names) -> dict[str, str]:
-        """The joint map (BVH joint -> SMPL joint) for a skeleton with these joint names."""
-        jm = self.joint_map
-        if isinstance(jm, str):
-            if jm == "auto":
-                return guess_joint_map(names)
-            if jm in JOINT_MAPS:
-                return JOINT_MAPS[jm]
-            raise InputError(f"joint_map={jm!r}", file=PARAMS, field="synthetic.mocap.joint_map",
-                             expected=f"'auto', one of {sorted(JOINT_MAPS)} or a mapping {{bvh joint: smpl joint}}")
-        if not isinstance(jm, Mapping) or not jm:
-            raise InputError(f"joint_map={jm!r}", file=PARAMS, field="synthetic.mocap.joint_map",
-                             expected="a name or a non-empty mapping {bvh joint: smpl joint}")
-        for k, v in jm.items():
-            if not isinstance(k, str) or v not in SMPL24.names:
-                raise InputError(f"{k!r}: {v!r}", file=PARAMS, field=f"synthetic.mocap.joint_map.{k}",
-                                 expected=f"a BVH joint name mapped to one of {list(SMPL24.names)}")
-        return dict(jm)
+def bvh_map(opts: MocapSettings, names) -> dict[str, str]:
+    """The joint map (BVH joint -> SMPL joint) of ``opts`` for a skeleton with these joint names."""
+    jm = opts.joint_map
+    if isinstance(jm, str):
+        if jm == "auto":
+            return guess_joint_map(names)
+        if jm in JOINT_MAPS:
+            return JOINT_MAPS[jm]
+        raise InputError(f"joint_map={jm!r}", file=PARAMS, field="synthetic.mocap.joint_map",
+                         expected=f"'auto', one of {sorted(JOINT_MAPS)} or a mapping {{bvh joint: smpl joint}}")
+    if not isinstance(jm, Mapping) or not jm:
+        raise InputError(f"joint_map={jm!r}", file=PARAMS, field="synthetic.mocap.joint_map",
+                         expected="a name or a non-empty mapping {bvh joint: smpl joint}")
+    for k, v in jm.items():
+        if not isinstance(k, str) or v not in SMPL24.names:
+            raise InputError(f"{k!r}: {v!r}", file=PARAMS, field=f"synthetic.mocap.joint_map.{k}",
+                             expected=f"a BVH joint name mapped to one of {list(SMPL24.names)}")
+    return dict(jm)
 
 
 @dataclass(frozen=True)
@@ -164,7 +156,7 @@ class SplitMotion:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _entry(key: Any, *, where: str, opts: MocapOptions, root: Path) -> Entry:
+def _entry(key: Any, *, where: str, opts: MocapSettings, root: Path) -> Entry:
     from hmrmamba.config import resolve_path
 
     if not isinstance(key, str) or not key.strip():
@@ -190,7 +182,7 @@ def _entry(key: Any, *, where: str, opts: MocapOptions, root: Path) -> Entry:
     return Entry(kind, path.resolve(), dedicated)
 
 
-def parse_source(value: Any, *, where: str, opts: MocapOptions, root: Path) -> tuple[tuple[Entry, ...], np.ndarray]:
+def parse_source(value: Any, *, where: str, opts: MocapSettings, root: Path) -> tuple[tuple[Entry, ...], np.ndarray]:
     """A motion_source value -> (entries, probabilities summing to 1)."""
     if isinstance(value, Mapping):
         if not value:
@@ -253,7 +245,7 @@ def _check_rate(fps: float, lo: float, *, file: Path, what: str) -> None:
                                   f"(motion is only resampled down)")
 
 
-def load_motion_file(path: Path, kind: str, *, fps: float, opts: MocapOptions) -> MotionClip:
+def load_motion_file(path: Path, kind: str, *, fps: float, opts: MocapSettings) -> MotionClip:
     """Read one BVH/AMASS file -> a MotionClip at ``fps``, checked (joint map, frame rate)."""
     if kind == "amass":
         from hmrmamba.data.mocap.amass import read_amass
@@ -263,7 +255,7 @@ def load_motion_file(path: Path, kind: str, *, fps: float, opts: MocapOptions) -
         return resample_clip(clip, fps)
     bvh = read_bvh(path)
     _check_rate(bvh.fps, fps, file=path, what="Frame Time")
-    jmap = opts.bvh_map(bvh.names)
+    jmap = bvh_map(opts, bvh.names)
     placed = {jmap[n.rsplit(":", 1)[-1]] for n in bvh.names if n.rsplit(":", 1)[-1] in jmap}
     missing = [j for j in REQUIRED_JOINTS if j not in placed]
     if missing:
@@ -288,7 +280,7 @@ def plan_motion(syn: Mapping[str, Any], root: Path, *, fps: float, min_frames: i
 
     syn: the ``synthetic`` params section; root: the project root (relative folders).
     """
-    opts = MocapOptions.from_params(syn.get("mocap"))
+    opts = mocap_options(syn.get("mocap"))
     default = syn.get("motion_source", "procedural")
     splits: dict[str, SplitMotion] = {}
     shares: dict[Entry, dict[str, float]] = {}

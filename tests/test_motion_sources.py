@@ -212,3 +212,28 @@ def test_prepare_renders_mocap_with_the_bodys_bones(tmp_path):
     metrics = yaml.safe_load((root / "metrics/prepare.json").read_text())
     test_files = set(next(iter(metrics["test"]["motion"]["files"].values())))
     assert test_files == {CMU_FILES[2], "biovision_boxing_f0500.bvh"}
+
+
+def test_amass_folder_gives_its_poses_at_the_dataset_rate(tmp_path):
+    from hmrmamba.data.mocap.amass import read_amass
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        T = 100
+        t = np.arange(T)[:, None] / 50.0
+        poses = np.zeros((T, 156))
+        poses[:, 3:66] = 0.3 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6, 63))  # smooth body motion
+        np.savez(tmp_path / f"clip{k}.npz", poses=poses, trans=np.c_[0.5 * t, 0 * t, 0 * t], betas=np.zeros(16),
+                 mocap_framerate=np.array(50.0))
+    syn = {"splits": {"train": {"sequences": 3, "subjects": 1}, "test": {"sequences": 1, "subjects": 1}},
+           "motion_source": {"amass": 1.0, "procedural": 0.0}, "mocap": {"amass_dir": str(tmp_path)}}
+    plan = plan_motion(syn, tmp_path, fps=25, min_frames=16, seed=0)
+    assert [e.label.split(":")[0] for e in plan["train"].entries] == ["amass"]  # weight 0 dropped
+    clip = plan["train"].clip(0, 0, 20)
+    name, start = re.fullmatch(r"amass:(.+)@(\d+)", clip.kind).groups()
+    ref = read_amass(tmp_path / name, target_fps=25)  # 100 frames at 50 fps -> 50 at 25 fps
+    assert ref.num_frames == 50 and clip.num_frames == 20
+    np.testing.assert_allclose(clip.pose, ref.pose[int(start):int(start) + 20], atol=1e-6)
+    assert clip.pelvis_height is None  # AMASS root paths stay in metres
+    other = {f.label for fs in plan["test"].files.values() for f in fs}
+    assert other == {"clip0.npz", "clip1.npz"} - {name}

@@ -259,13 +259,13 @@ def load_motion_file(path: Path, kind: str, *, fps: float, opts: MocapSettings) 
     placed = {jmap[n.rsplit(":", 1)[-1]] for n in bvh.names if n.rsplit(":", 1)[-1] in jmap}
     missing = [j for j in REQUIRED_JOINTS if j not in placed]
     if missing:
-        name = opts.joint_map if isinstance(opts.joint_map, str) else "given"
-        looks = {j: [b for b, s in jmap.items() if s == j] for j in missing}
+        named = next((k for k, v in JOINT_MAPS.items() if v is jmap), "given")
+        name = f"auto ({named})" if opts.joint_map == "auto" else named
+        looks = {j: " or ".join(repr(b) for b, s in jmap.items() if s == j) or "mapped" for j in missing}
+        shown = ", ".join(bvh.names[:24]) + (" ..." if len(bvh.names) > 24 else "")
         raise InputError(f"the {name} joint map (synthetic.mocap.joint_map) cannot place SMPL joints "
-                         + ", ".join(f"{j} (no BVH joint {' or '.join(repr(b) for b in looks[j]) or 'mapped'})"
-                                     for j in missing)
-                         + f"; the file's joints: {', '.join(bvh.names[:24])}{' ...' if len(bvh.names) > 24 else ''}",
-                         file=path, field="HIERARCHY",
+                         + ", ".join(f"{j} (no BVH joint {looks[j]})" for j in missing)
+                         + f"; the file's joints: {shown}", file=path, field="HIERARCHY",
                          expected="a joint_map that fits: auto, " + ", ".join(sorted(JOINT_MAPS))
                                   + " or your own {bvh joint: smpl joint}")
     return bvh_to_smpl(bvh, jmap, units=opts.units, up=opts.up, target_fps=fps)

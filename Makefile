@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m hmrmamba.ssm.build || true
+	$(BIN)/python -m hmrmamba.demo.pose_models --if-missing || echo "pose models not fetched: hmrmamba demo needs --keypoints until python -m hmrmamba.demo.pose_models succeeds"
 	touch $(STAMP)
 
 repro: $(STAMP)

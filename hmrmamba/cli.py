@@ -55,6 +55,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("mamba_ssm", "usable (fused CUDA kernels)" if mamba_ssm_available()
                  else "not usable (CUDA tensors use the PyTorch scan)"))
     rows.append(("cpu scan", cpu_scan_status()))
+    from hmrmamba.demo.pose_models import model_status
+    rows.append(("2d detector", model_status()))
     root = _root()
     rows.append(("project root", str(root) if root else "(not inside a checkout)"))
     if root:
@@ -223,11 +225,14 @@ def cmd_reliability(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hmrmamba.demo.pipeline import run_demo, summary_line
 
-    detector = args.detector or ("keypoints" if args.keypoints else "mediapipe")
+    detector = args.detector or ("keypoints" if args.keypoints else "blazepose")
     result = run_demo(args.video, args.out, checkpoint=args.checkpoint, detector=detector, keypoints=args.keypoints,
                       online=args.online, ply=args.ply, obj=not args.no_obj, pictures=not args.no_pictures,
                       render_size=args.render_size,
-                      focal=args.focal, detector_model=args.detector_model, progress=not args.quiet)
+                      focal=args.focal, detector_model=args.detector_model, progress=not args.quiet,
+                      person=args.person, detector_tile=args.detector_tile)
+    for line in result.people:
+        print(line)
     print(summary_line(result))
     return 0
 
@@ -312,10 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="a video file (mp4/avi/...) or a folder of jpg/png frames")
     p.add_argument("--out", required=True, help="output folder (replaced as a whole when the demo succeeds)")
     p.add_argument("--checkpoint", help="mesh checkpoint (default: the train_mesh stage's best.pt)")
-    p.add_argument("--detector", choices=("mediapipe", "keypoints"),
-                   help="2D keypoints: MediaPipe Pose (hmrmamba[demo]) or --keypoints (default: keypoints if given)")
+    p.add_argument("--detector", choices=("blazepose", "keypoints", "mediapipe"),
+                   help="2D keypoints: BlazePose on LiteRT (installed with the project; the default), --keypoints "
+                        "(the default when given) or the legacy MediaPipe package (hmrmamba[demo])")
     p.add_argument("--keypoints", help="npz with keypoints (N, 17, 2) px in H36M-17 order [and confidence (N, 17)]")
-    p.add_argument("--detector-model", help="MediaPipe pose_landmarker .task file (mediapipe without bundled model)")
+    p.add_argument("--person", type=int, help="follow the N-th most prominent person (0 = the default choice)")
+    p.add_argument("--detector-tile", type=int, metavar="PX",
+                   help="blazepose: also detect in PX-sized square tiles, for small people (default: squares of "
+                        "the shorter side on a wide frame; 0: the whole frame only)")
+    p.add_argument("--detector-model", help="blazepose: a folder with its model files; mediapipe: a "
+                                            "pose_landmarker .task file")
     p.add_argument("--online", action="store_true", help="stream frame by frame (a causal checkpoint, e.g. tiny-online)")
     p.add_argument("--ply", action="store_true", help="also write per-frame PLY files")
     p.add_argument("--no-obj", action="store_true", help="do not write per-frame OBJ files")

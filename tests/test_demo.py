@@ -456,3 +456,216 @@ def test_offline_windows_cover_every_frame_once_in_order(keep, n):
     half = (16 - (keep or 1)) // 2
     assert positions.min() >= half and positions.max() <= 15 - half
     assert set(seen_context) == {16}
+
+
+# ---------------------------------------------------------------------------------------------- BlazePose
+
+
+REAL_CLIP = Path(__file__).resolve().parent / "data" / "real_video" / "sports2d_demo_640x360_15fps.mp4"
+
+
+def test_ssd_anchors_follow_the_detector_layout():
+    from hmrmamba.demo.blazepose import ssd_anchors
+
+    a = ssd_anchors()
+    assert a.shape == (2254, 2)  # 28^2 x 2 + 14^2 x 2 + 7^2 x 6: the detector's output rows
+    np.testing.assert_allclose(a[0], a[1])
+    np.testing.assert_allclose(a[0], [0.5 / 28, 0.5 / 28])
+    np.testing.assert_allclose(a[2], [1.5 / 28, 0.5 / 28])  # x first along a row
+    np.testing.assert_allclose(a[2 * 28 * 28], [0.5 / 14, 0.5 / 14])
+    np.testing.assert_allclose(a[-6:], np.full((6, 2), 6.5 / 7))
+
+
+def test_roi_crop_and_back_projection_agree():
+    """A bright dot found in a turned crop maps back, through Roi.to_image, to where it is in the image."""
+    from PIL import Image
+
+    from hmrmamba.demo.blazepose import Roi, roi_from_points
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[118:121, 169:172] = 255  # the dot's centre: pixel (170, 119)
+    for rotation in (0.0, 0.6, -2.0):
+        roi = Roi(150.0, 100.0, 120.0, rotation)
+        crop = roi.crop(Image.fromarray(img), 96)[..., 0]
+        v, u = np.unravel_index(np.argmax(crop), crop.shape)
+        back = roi.to_image(np.array([(u + 0.5) / 96, (v + 0.5) / 96]))
+        assert np.linalg.norm(back - [170.5, 119.5]) < 1.6, (rotation, back)
+    upright = roi_from_points(np.array([100.0, 200.0]), np.array([100.0, 100.0]))
+    assert upright.rotation == pytest.approx(0.0) and upright.size == pytest.approx(250.0)
+    lying = roi_from_points(np.array([100.0, 200.0]), np.array([200.0, 200.0]))  # head to the right
+    assert lying.rotation == pytest.approx(np.pi / 2)
+    # the crop's "up" (unit y = 0) lands on the circle point's side
+    assert lying.to_image(np.array([0.5, 0.0]))[0] > 100.0
+
+
+def test_weighted_nms_merges_overlapping_detections():
+    from hmrmamba.demo.blazepose import weighted_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)
+    kps = np.stack([np.full((4, 2), v) for v in (0.0, 3.0, 55.0)])
+    out = weighted_nms(boxes, kps, np.array([0.9, 0.3, 0.6]))
+    assert len(out) == 2 and out[0][2] == pytest.approx(0.9) and out[1][2] == pytest.approx(0.6)
+    np.testing.assert_allclose(out[0][1], 0.75)  # (0.9 x 0 + 0.3 x 3) / 1.2
+    np.testing.assert_allclose(out[0][0], [0.25, 0, 10.25, 10])
+
+
+def _people(n=10, size=(100, 200)):
+    """Two fake tracks: 0 big and central for all frames, 1 small at the edge for half of them."""
+    from hmrmamba.demo.blazepose import Person, Roi
+
+    frames = []
+    for t in range(n):
+        people = []
+        for track, (cx, h, present) in {0: (100.0, 80.0, True), 1: (185.0, 30.0, t % 2 == 0)}.items():
+            if not present:
+                continue
+            lm = np.zeros((33, 2))
+            lm[:, 0] = cx + np.linspace(-5, 5, 33)
+            lm[:, 1] = 50 + np.linspace(-h / 2, h / 2, 33)
+            box = np.concatenate([lm.min(0), lm.max(0)])
+            people.append(Person(track, lm, np.ones(33), 1.0, box, Roi(cx, 50.0, h, 0.0)))
+        frames.append(people)
+    return frames, size
+
+
+def test_person_ranking_selection_and_jumps():
+    from hmrmamba.demo.people import PeopleTracks, jump_frames, rank_tracks, select_person
+
+    frames, size = _people()
+    people = PeopleTracks.from_frames(frames, size)
+    ranking = rank_tracks(people)
+    assert [s.track for s in ranking] == [0, 1] and ranking[0].frames == 10 and ranking[1].frames == 5
+    np.testing.assert_array_equal(people.count, [2, 1] * 5)
+    track, _, rank = select_person(people)
+    assert rank == 0 and track.detected.all()
+    other, _, _ = select_person(people, 1)
+    np.testing.assert_array_equal(other.detected, [True, False] * 5)
+    assert np.nanmean(other.keypoints[..., 0]) > 180  # the edge person's keypoints
+    with pytest.raises(InputError, match="--person"):
+        select_person(people, 2)
+    assert not jump_frames(track).any()
+    moved = KeypointTrack(track.keypoints.copy(), track.confidence, track.detected)
+    moved.keypoints[6:] += [60.0, 0.0]  # 60 px in one frame for an 80 px tall person
+    np.testing.assert_array_equal(np.flatnonzero(jump_frames(moved)), [6])
+
+
+def test_pose_model_files_are_checked(tmp_path):
+    from hmrmamba.demo.blazepose import BlazePose
+    from hmrmamba.demo.pose_models import MODEL_FILES, check_model_dir, fetch_models
+
+    with pytest.raises(MissingFileError, match="pose_detection.tflite"):
+        check_model_dir(tmp_path)
+    for name in MODEL_FILES:
+        (tmp_path / name).write_bytes(b"not a model")
+    with pytest.raises(InputError, match="SHA-256"):
+        BlazePose(tmp_path)
+    with pytest.raises(InputError, match="not a TFLite model"):
+        BlazePose(tmp_path, verify=False)
+    bad = tmp_path / "pkg.tgz"
+    bad.write_bytes(b"\x1f\x8b not the package")
+    with pytest.raises(InputError, match="integrity"):
+        fetch_models(tmp_path / "dest", tarball=bad)
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.fixture(scope="module")
+def pose_models():
+    """The installed BlazePose models (make install), else fetched once into the test cache with npm."""
+    from hmrmamba.demo.pose_models import check_model_dir, fetch_models, find_model_dir
+
+    found = find_model_dir()
+    if found is not None:
+        return check_model_dir(found)
+    cache = Path(os.environ.get("HMRMAMBA_TEST_CACHE", Path.home() / ".cache" / "hmrmamba-tests")) / "mediapipe-pose"
+    try:
+        return check_model_dir(cache)
+    except InputError:
+        pass
+    try:
+        return fetch_models(cache)
+    except InputError as exc:
+        pytest.skip(f"BlazePose models not installed and not fetchable ({exc})")
+
+
+def test_blazepose_sees_the_same_body_in_a_turned_frame(pose_models):
+    """Landmarks on a real frame and on the frame turned 90 degrees are the same points of the body."""
+    from hmrmamba.demo.blazepose import PoseTracker
+
+    frame = next(iter(VideoReader(REAL_CLIP)))
+    found = {}
+    for k in (0, 1):
+        img = np.ascontiguousarray(np.rot90(frame, k))
+        people = PoseTracker(model_dir=pose_models, tile=img.shape[0] if k == 0 else img.shape[1])(img)
+        assert people, f"nobody found in the frame turned {90 * k} degrees"
+        best = max(people, key=lambda p: p.box[3] - p.box[1] if k == 0 else p.box[2] - p.box[0])
+        found[k] = best
+    h, w = frame.shape[:2]
+    turned = found[1].landmarks  # np.rot90 (counter-clockwise): (x, y) -> (y, w - 1 - x)
+    back = np.stack([w - 1 - turned[:, 1], turned[:, 0]], -1)
+    height = found[0].box[3] - found[0].box[1]
+    vis = (found[0].visibility > 0.5) & (found[1].visibility > 0.5)
+    assert vis.sum() >= 15 and height > 60
+    err = np.linalg.norm(back[vis] - found[0].landmarks[vis], axis=-1)
+    assert np.median(err) < 0.05 * height, (np.median(err), height)
+
+
+@pytest.fixture(scope="module")
+def real_people(pose_models):
+    """Everyone the tracker finds in the committed real clip."""
+    from hmrmamba.demo.blazepose import PoseTracker
+    from hmrmamba.demo.people import PeopleTracks
+
+    reader = VideoReader(REAL_CLIP)
+    tracker = PoseTracker(model_dir=pose_models)
+    return PeopleTracks.from_frames([tracker(f) for f in reader], reader.size)
+
+
+def test_real_clip_people_are_tracked_and_ranked(real_people):
+    """Two people: the man on the box from frame 0, the woman walking in from the right later."""
+    from hmrmamba.demo.people import rank_tracks, select_person
+
+    ranking = rank_tracks(real_people)
+    n = real_people.num_frames
+    assert len(ranking) >= 2 and ranking[0].frames >= 0.9 * n and ranking[1].frames >= 10  # measured: 45, 21
+    assert real_people.count.max() >= 2
+    first, _, _ = select_person(real_people)
+    second, _, _ = select_person(real_people, 1)
+    both = first.detected & second.detected
+    gap = np.nanmedian(np.linalg.norm(np.nanmean(first.keypoints[both] - second.keypoints[both], axis=1), axis=-1))
+    assert gap > 100  # two different people, far apart in the 640 px frame
+    with pytest.raises(InputError, match="--person"):
+        select_person(real_people, len(ranking))
+
+
+def test_real_video_demo_with_blazepose(project, checkpoints, pose_models, tmp_path, capsys, monkeypatch):
+    """The committed real clip through `hmrmamba demo` with the real detector: detections, finite meshes,
+    stable bones, every output file."""
+    from hmrmamba.cli import main
+    from hmrmamba.skeleton import H36M17
+
+    monkeypatch.chdir(project)
+    out = tmp_path / "real"
+    args = ["demo", str(REAL_CLIP), "--checkpoint", str(checkpoints["tiny"]), "--detector-model", str(pose_models),
+            "--render-size", "96", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "people tracked" in printed and "<- followed" in printed
+    n = VideoReader(REAL_CLIP).num_frames
+    with np.load(out / "meshes.npz") as m:
+        det, track = m["detected"], m["person_track"]
+        assert len(det) == n and det.mean() >= 0.9  # measured: 45 of 45
+        assert np.isfinite(m["vertices"]).all() and np.isfinite(m["translation"][det]).all()
+        assert len(set(track[det].tolist())) == 1 and (track[~det] == -1).all() and not m["person_jump"].any()
+        assert m["people_count"].max() >= 2
+        joints, kp, camera = m["joints"], m["keypoints"], m["camera"]
+        uv = project_px(joints - joints[:, :1] + m["translation"][:, None], camera)
+        err = np.nanmedian(np.linalg.norm(uv[det] - kp[det], axis=-1))
+        assert err < 0.15 * max(m["image_size"])
+    parent, child = np.array(H36M17.bones).T
+    bones = np.linalg.norm(joints[det][:, child] - joints[det][:, parent], axis=-1)  # (T, 16) m
+    assert bones.std(0).max() < 0.010  # bone lengths stable over time: < 10 mm std
+    assert len(list(out.glob("frame_*.obj"))) == n and VideoReader(out / "overlay.mp4").num_frames == n
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["detector"] == "blazepose" and summary["detected_frames"] == int(det.sum())
+    assert main([*args, "--out", str(out), "--person", "-1"]) == 2  # refused before any work
+    assert (out / "meshes.npz").is_file()

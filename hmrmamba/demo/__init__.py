@@ -1,9 +1,12 @@
 """``hmrmamba demo``: meshes, pictures and exports from a video (see :mod:`hmrmamba.demo.pipeline`).
 
-Modules, in pipeline order: :mod:`.keypoints` (2D keypoints from a file or MediaPipe Pose),
+Modules, in pipeline order: :mod:`.blazepose` (the 2D detector: BlazePose on LiteRT, several
+people tracked; its models: :mod:`.pose_models`), :mod:`.people` (which person to follow),
+:mod:`.keypoints` (2D keypoints from a file or the legacy MediaPipe package),
 :mod:`.inference` (the trained model, its crops and features), :mod:`.camera` (where the mesh
 sits in front of the camera), :mod:`.pictures` (overlay and side view), :mod:`.pipeline`
-(the command). Streaming inference is :mod:`hmrmamba.demo.streaming`.
+(the command), :mod:`.quality` (bone-length std, roughness, jitter of an output). Streaming
+inference is :mod:`hmrmamba.demo.streaming`.
 """
 
 from hmrmamba.demo.camera import default_camera, estimate_translation, project

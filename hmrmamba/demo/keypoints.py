@@ -71,8 +71,9 @@ MAX_ABS_PX = 1e5
 MAX_KEYPOINT_FRAMES = 1_000_000
 #: BlazePose landmark index of each COCO-17 keypoint, in COCO order
 MEDIAPIPE33_TO_COCO17: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
-DETECTORS = ("keypoints", "mediapipe")
-EXTRA_HINT = "install hmrmamba[demo] (MediaPipe Pose), or pass --keypoints FILE.npz"
+DETECTORS = ("blazepose", "keypoints", "mediapipe")
+EXTRA_HINT = ("use --detector blazepose (installed with the project), install hmrmamba[demo] in a separate venv "
+              "(docs/demo.md), or pass --keypoints FILE.npz")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Offline (default), in passes over the video so that memory holds per-frame numbers, not frames:
 
-1. 2D keypoints: from ``--keypoints F.npz`` or MediaPipe Pose (:mod:`hmrmamba.demo.keypoints`);
+1. 2D keypoints: from ``--keypoints F.npz``, BlazePose on LiteRT (:mod:`hmrmamba.demo.blazepose`,
+   every person tracked, one followed: :mod:`hmrmamba.demo.people`) or the legacy MediaPipe
+   package (:mod:`hmrmamba.demo.keypoints`);
 2. crop boxes, crops and ResNet-50 features (the features stage's settings), streamed;
 3. the model on 16-frame windows every 8 frames, each keeping its middle 8 (so every frame has 4+
    frames of context each side; :func:`hmrmamba.demo.inference.predict_offline`), or once over the
@@ -19,6 +21,9 @@ everything succeeded, so a failure leaves no partial ``DIR``):
   orientation; translation (N, 3) metres (NaN where unknown), so ``vertices - joints[:, :1] +
   translation`` is the camera-frame mesh; faces (F, 3); fps; detected (N,) bool; keypoints
   (N, 17, 2) px and confidence (N, 17) as detected; camera (4,) fx, fy, cx, cy px; image_size (H, W);
+  person_track (N,) the followed track's id (-1: not detected), person_jump (N,) bool (the
+  keypoints moved too far to be the same person: :func:`hmrmamba.demo.people.jump_frames`, or the
+  streaming follower changed track), people_count (N,) people found in the frame;
 - ``frame_000000.obj`` ... (and ``frame_000000.ply`` ... with ``ply=True``), y up
   (:mod:`hmrmamba.demo.export`); ``DIR`` stays a flat folder of files, which is what
   :func:`hmrmamba.atomic.atomic_dir` agrees to replace on the next run;
@@ -82,7 +87,8 @@ class StepTimer:
 @dataclass
 class DemoResult:
     """What ``run_demo`` did: out_dir; frames; detected frames; seconds per step; frames per second
-    over all steps (the model load excluded); the files written (relative to out_dir)."""
+    over all steps (the model load excluded); the files written (relative to out_dir); lines that
+    say which people were tracked and which one was followed."""
 
     out_dir: Path
     frames: int
@@ -90,6 +96,7 @@ class DemoResult:
     seconds: dict[str, float]
     fps: float
     files: list[str] = field(default_factory=list)
+    people: list[str] = field(default_factory=list)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -140,6 +147,26 @@ def _detect(reader, detector, timer: StepTimer, progress: bool):
     return make_track(np.stack(kps), np.stack(confs), image_size=reader.size)
 
 
+def _detect_people(reader, tracker, timer: StepTimer, progress: bool, person: int | None):
+    """Every person of every frame, then the followed one -> (KeypointTrack, people lines, people per frame)."""
+    from hmrmamba.demo.people import PeopleTracks, select_person
+
+    frames = []
+    with _progress(reader.num_frames, "detect", progress) as bar:
+        for frame in timer.iterate(reader, "decode"):
+            with timer.step("detect"):
+                frames.append(tracker(frame))
+            bar.update(1)
+    people = PeopleTracks.from_frames(frames, reader.size)
+    track, ranking, rank = select_person(people, person)
+    how = "--person" if person is not None else "the most prominent: largest, most central, longest seen"
+    lines = [f"{len(ranking)} people tracked (rank: prominence = sum over frames of height share x centrality)"]
+    lines += [f"  #{i} {s.describe()}" + (f"  <- followed ({how})" if i == rank else "")
+              for i, s in enumerate(ranking)]
+    chosen = np.where(track.detected, ranking[rank].track, -1).astype(np.int32)
+    return track, lines, chosen, people.count
+
+
 def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: int):
     """-> (Predictions, SequenceInputs) for the whole video."""
     from hmrmamba.demo.inference import SequenceInputs, predict_offline, sequence_inputs
@@ -169,11 +196,14 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
              ply: bool = False, obj: bool = True, pictures: bool = True, render_size: int = 480,
              focal: float | None = None,
              root: str | Path | None = None, inference=None, detector_model: str | Path | None = None,
-             progress: bool = True, batch_size: int = 16) -> DemoResult:
+             progress: bool = True, batch_size: int = 16, person: int | None = None,
+             detector_tile: int | None = None) -> DemoResult:
     """Meshes, pictures and files for ``video`` (a video file or a folder of frames) in ``out``.
 
-    ``detector``: ``"keypoints"`` (needs ``keypoints``, an npz) or ``"mediapipe"`` (the ``[demo]``
-    extra); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
+    ``detector``: ``"keypoints"`` (needs ``keypoints``, an npz), ``"blazepose"`` (MediaPipe Pose's
+    models on LiteRT, installed with the project; ``detector_model`` a folder of them, ``detector_tile``
+    px tiles for small people, ``person`` the rank of the person to follow, default the most
+    prominent) or ``"mediapipe"`` (the legacy ``[demo]`` extra); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
     loaded from ``checkpoint``, default the train_mesh stage's ``best.pt`` under ``root``);
     ``pictures=False`` skips the overlay video and the PNGs, ``obj``/``ply`` the per-frame meshes.
     Raises ``InputError`` for an unreadable or empty video, no person detected, a wrong checkpoint,
@@ -194,7 +224,9 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
         raise InputError(f"unknown detector {detector!r}", field="--detector", expected=" | ".join(DETECTORS))
     if detector == "keypoints" and keypoints is None:
         raise InputError("no keypoints file", field="--keypoints",
-                         expected="--keypoints F.npz with keypoints (N, 17, 2) px, or --detector mediapipe")
+                         expected="--keypoints F.npz with keypoints (N, 17, 2) px, or --detector blazepose")
+    if person is not None and (isinstance(person, bool) or not isinstance(person, (int, np.integer)) or person < 0):
+        raise InputError(f"--person {person!r}", field="--person", expected="an integer >= 0 (0 = the most prominent)")
     _check_options(render_size, focal, batch_size)
     _check_out_dir(out)
     reader = VideoReader(video)
@@ -202,7 +234,17 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     track = load_keypoints(keypoints, num_frames=n, image_size=reader.size) if keypoints is not None else None
     if track is not None and not track.detected.any():
         fill_undetected(track)  # raises: no person detected
-    det = None if track is not None else MediaPipePoseDetector(model_path=detector_model, fps=reader.fps)
+    det = None
+    if track is None and detector == "blazepose":
+        from hmrmamba.demo.blazepose import FollowOne, PoseTracker
+
+        det = PoseTracker(model_dir=detector_model, tile="auto" if detector_tile is None else detector_tile)
+        if online:
+            det = FollowOne(det)
+    elif track is None:
+        det = MediaPipePoseDetector(model_path=detector_model, fps=reader.fps)
+    people_lines: list[str] = []
+    chosen = count = None
     try:
         if inference is None:
             inference = load_inference(checkpoint, root=root, need_causal=online)
@@ -215,7 +257,9 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
         if online:
             pred_v, pred_j, pred_p, trans, track = _run_online(inference, reader, track, det, focal, timer, progress)
         else:
-            if track is None:
+            if track is None and detector == "blazepose":
+                track, people_lines, chosen, count = _detect_people(reader, det, timer, progress, person)
+            elif track is None:
                 track = _detect(reader, det, timer, progress)
             pred, _ = _offline(inference, reader, track, timer, progress, batch_size)
             pred_v, pred_j, pred_p = pred.vertices, pred.joints, pred.pose3d
@@ -229,6 +273,7 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
         if det is not None:
             det.close()
     detected = np.asarray(track.detected, bool)
+    person_track, person_jump, people_count = _person_fields(track, chosen, count, det)
     cam_verts = pred_v - pred_j[:, :1] + trans[:, None, :]
     renderer = PanelRenderer(inference.faces, camera, reader.size, vertex_colors=inference.vertex_colors,
                              render_size=render_size)
@@ -250,7 +295,8 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
                       pose3d=pred_p.astype(np.float32), faces=inference.faces.astype(np.int32),
                       fps=np.float32(reader.fps), detected=detected, translation=trans.astype(np.float32),
                       keypoints=track.keypoints.astype(np.float32), confidence=track.confidence.astype(np.float32),
-                      camera=camera.astype(np.float32), image_size=np.asarray(reader.size, np.int32))
+                      camera=camera.astype(np.float32), image_size=np.asarray(reader.size, np.int32),
+                      person_track=person_track, person_jump=person_jump, people_count=people_count)
             for fmt, wanted in (("obj", obj), ("ply", ply)):
                 if wanted:
                     write_mesh_sequence(tmp, pred_v, inference.faces, fmt=fmt)
@@ -270,9 +316,35 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
             "video": str(video), "frames": n, "detected_frames": int(detected.sum()), "fps_video": reader.fps,
             "image_size": list(reader.size), "checkpoint": str(inference.checkpoint), "variant": inference.variant,
             "mode": "online" if online else "offline", "detector": detector,
-            "backbone_weights": inference.weights_note, "seconds": seconds,
+            "backbone_weights": inference.weights_note, "seconds": seconds, "people": people_lines,
+            "person_jumps": [int(i) for i in np.flatnonzero(person_jump)],
             "frames_per_second": round(fps, 3), "camera": [float(c) for c in camera]})
-    return DemoResult(out_dir=out, frames=n, detected=int(detected.sum()), seconds=seconds, fps=fps, files=files)
+    return DemoResult(out_dir=out, frames=n, detected=int(detected.sum()), seconds=seconds, fps=fps, files=files,
+                      people=people_lines)
+
+
+def _person_fields(track, chosen, count, det) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> person_track (N,) int32, person_jump (N,) bool, people_count (N,) int32 for meshes.npz."""
+    from hmrmamba.demo.people import jump_frames
+
+    detected = np.asarray(track.detected, bool)
+    jump = jump_frames(track)
+    followed = getattr(det, "followed", None)
+    if followed is not None:  # streaming: the follower's track per frame; a change of track is a jump
+        ids = np.asarray(followed, np.int32)
+        prev = np.maximum.accumulate(np.where(detected, np.arange(len(ids)), -1))
+        for t in np.flatnonzero(detected):
+            earlier = prev[t - 1] if t > 0 else -1
+            if earlier >= 0 and ids[earlier] != ids[t]:
+                jump[t] = True
+        person_track = np.where(detected, ids, -1).astype(np.int32)
+    elif chosen is not None:
+        person_track = np.where(detected, chosen, -1).astype(np.int32)
+    else:
+        person_track = np.where(detected, 0, -1).astype(np.int32)
+    if count is None:
+        count = detected.astype(np.int32)
+    return person_track, jump & detected, np.asarray(count, np.int32)
 
 
 def _run_online(inference, reader, track, det, focal, timer: StepTimer, progress: bool):

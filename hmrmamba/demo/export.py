@@ -37,6 +37,7 @@ __all__ = [
     "export_body_model",
     "export_meshes",
     "export_model",
+    "glb_bytes",
     "read_meshes",
     "to_gltf_axes",
     "write_glb",
@@ -194,18 +195,20 @@ def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, *, fps:
         doc["animations"] = [{"name": "motion", "samplers": [{"input": t_acc, "output": w_acc,
                                                               "interpolation": "LINEAR"}],
                               "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
-    doc["accessors"] = buf.accessors
-    doc["bufferViews"] = buf.views
-    doc["buffers"] = [{"byteLength": buf.size}]
+    with atomic_path(path, suffix=".glb") as tmp:
+        tmp.write_bytes(glb_bytes(doc, buf))
+    return Path(path)
+
+
+def glb_bytes(doc: dict[str, Any], buf: _Buffer) -> bytes:
+    """A glTF document (without accessors, bufferViews, buffers) and its :class:`_Buffer` -> GLB bytes."""
+    doc = {**doc, "accessors": buf.accessors, "bufferViews": buf.views, "buffers": [{"byteLength": buf.size}]}
     text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     text += b" " * ((-len(text)) % 4)
     binary = b"".join(buf.chunks)
     total = 12 + 8 + len(text) + 8 + len(binary)
-    with atomic_path(path, suffix=".glb") as tmp, open(tmp, "wb") as fh:
-        fh.write(struct.pack("<4sII", b"glTF", 2, total))
-        fh.write(struct.pack("<I4s", len(text), b"JSON") + text)
-        fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
-    return Path(path)
+    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
+            + struct.pack("<I4s", len(binary), b"BIN\0") + binary)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -669,3 +669,25 @@ def test_real_video_demo_with_blazepose(project, checkpoints, pose_models, tmp_p
     assert summary["detector"] == "blazepose" and summary["detected_frames"] == int(det.sum())
     assert main([*args, "--out", str(out), "--person", "-1"]) == 2  # refused before any work
     assert (out / "meshes.npz").is_file()
+
+
+def test_streaming_follower_keeps_its_person_and_flags_a_change():
+    """FollowOne (--online) keeps the track it picked; when that track ends it picks again, and the
+    change of person is flagged in person_jump."""
+    from hmrmamba.demo.blazepose import FollowOne
+    from hmrmamba.demo.keypoints import make_track
+    from hmrmamba.demo.pipeline import _person_fields
+
+    frames, (h, w) = _people(n=8)
+    frames = [[p for p in people if not (p.track == 0 and t >= 5)] for t, people in enumerate(frames)]
+    frames[0] = [p for p in frames[0] if p.track == 1]  # at first only the small one is there
+    feed = iter(frames)
+    follower = FollowOne(lambda frame: next(feed))
+    out = [follower(np.zeros((h, w, 3), np.uint8)) for _ in frames]
+    # frame 0: only track 1 (the small one, there on even frames); frame 1: track 1 is gone, so the
+    # most prominent present (0) is taken and kept while it lives (to frame 4); frame 5: nobody; 6: track 1
+    assert follower.followed == [1, 0, 0, 0, 0, -1, 1, -1]
+    track = make_track(np.stack([k for k, _ in out]), np.stack([c for _, c in out]), image_size=(h, w))
+    person_track, jump, count = _person_fields(track, None, None, follower)
+    np.testing.assert_array_equal(person_track, follower.followed)
+    assert np.flatnonzero(jump).tolist() == [1, 6]

@@ -264,6 +264,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from hmrmamba.body.fitting import FitSettings
+    from hmrmamba.demo.rig_export import fit_and_export
+    from hmrmamba.layout import Layout
+
+    body_model = args.body_model or Layout(_root() or Path.cwd()).body_model
+    both = not (args.bvh or args.gltf)
+    given = {"smooth_weight": args.smooth, "converged_mm": args.converged_mm}
+    settings = FitSettings(**{k: v for k, v in given.items() if v is not None})
+    result = fit_and_export(args.out_dir, body_model, settings=settings, bvh=args.bvh or both,
+                            gltf=args.gltf or both)
+    print(result.summary())
+    if result.filled_translations:
+        print(f"{result.filled_translations} frames had no camera translation: interpolated")
+    print("wrote " + ", ".join(str(p) for p in result.files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmrmamba", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -346,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="clip length the exported model takes")
     p.add_argument("--out", required=True, help="output file (GLB, .obj/.ply/.glb, .pt, .onnx) or folder")
     p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("fit", help="fit body-model pose/shape to a demo's meshes: fit_* in meshes.npz, "
+                                   "animation.bvh and a skinned animation_rig.glb")
+    p.add_argument("out_dir", help="a folder written by `hmrmamba demo` (its meshes.npz)")
+    p.add_argument("--body-model", help="SMPL-format .npz (default: the project's data/body_model)")
+    p.add_argument("--bvh", action="store_true", help="write animation.bvh (default: both files)")
+    p.add_argument("--gltf", action="store_true", help="write animation_rig.glb (default: both files)")
+    p.add_argument("--smooth", type=float, help="weight of the temporal prior (0: none; default 0.5)")
+    p.add_argument("--converged-mm", type=float,
+                   help="a frame has converged when its mean vertex error is at most this (default 40)")
+    p.set_defaults(fn=cmd_fit)
     return parser
 
 

@@ -249,3 +249,45 @@ def test_bad_input_is_one_line_and_leaves_the_folder_untouched(tmp_path, body, b
     before = _snapshot(good)
     assert main(["fit", str(good), "--body-model", str(tmp_path / "no_such_model.npz")]) == 2
     assert "no_such_model.npz" in capsys.readouterr().err and _snapshot(good) == before
+
+
+BLENDER_SCRIPT = """
+import json, sys
+import bpy
+glb, bvh, frame, fps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bpy.ops.wm.read_factory_settings(use_empty=True)
+scene = bpy.context.scene
+scene.render.fps, scene.render.fps_base = fps, 1.0
+bpy.ops.import_scene.gltf(filepath=glb)
+arm = [o for o in bpy.data.objects if o.type == "ARMATURE"][0]
+body = [o for o in bpy.data.objects if o.type == "MESH" and o.find_armature() is arm][0]
+scene.frame_set(frame)
+ev = body.evaluated_get(bpy.context.evaluated_depsgraph_get())
+verts = [list(body.matrix_world @ v.co) for v in ev.to_mesh().vertices]
+bpy.ops.import_anim.bvh(filepath=bvh)
+bvh_arm = [o for o in bpy.data.objects if o.type == "ARMATURE" and o is not arm][0]
+print("JSON" + json.dumps({"bones": len(arm.data.bones), "verts": verts, "bvh_bones": len(bvh_arm.data.bones)}))
+"""
+
+
+@pytest.mark.slow
+def test_blender_imports_the_rig_and_the_bvh(exported, tmp_path):
+    """Needs Blender as a Python module (``pip install bpy`` in another venv, ~370 MB; not a dependency):
+    set HMRMAMBA_BPY_PYTHON to that venv's python."""
+    python = os.environ.get("HMRMAMBA_BPY_PYTHON")
+    if not python:
+        pytest.skip("HMRMAMBA_BPY_PYTHON is not set (a python with `bpy` installed)")
+    folder, _, result = exported
+    script = tmp_path / "check.py"
+    script.write_text(BLENDER_SCRIPT)
+    k = N // 2
+    run = subprocess.run([python, str(script), str(folder / GLB_FILE), str(folder / BVH_FILE), str(k), str(int(FPS))],
+                         capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("JSON")), None)
+    assert line is not None, run.stderr[-2000:]
+    got = json.loads(line[4:])
+    assert got["bones"] == 24 and got["bvh_bones"] == 24
+    blender = np.asarray(got["verts"])
+    fitted = result.fit.vertices[k]
+    # Blender is z up: (x, y, z) glTF -> (x, -z, y)
+    np.testing.assert_allclose(blender, np.stack([fitted[:, 0], -fitted[:, 2], fitted[:, 1]], 1), atol=1e-3)

@@ -271,13 +271,13 @@ print("JSON" + json.dumps({"bones": len(arm.data.bones), "verts": verts, "bvh_bo
 
 
 @pytest.mark.slow
-def test_blender_imports_the_rig_and_the_bvh(exported, tmp_path):
+def test_blender_imports_the_rig_and_the_bvh(request, tmp_path):
     """Needs Blender as a Python module (``pip install bpy`` in another venv, ~370 MB; not a dependency):
     set HMRMAMBA_BPY_PYTHON to that venv's python."""
     python = os.environ.get("HMRMAMBA_BPY_PYTHON")
     if not python:
         pytest.skip("HMRMAMBA_BPY_PYTHON is not set (a python with `bpy` installed)")
-    folder, _, result = exported
+    folder, _, result = request.getfixturevalue("exported")
     script = tmp_path / "check.py"
     script.write_text(BLENDER_SCRIPT)
     k = N // 2

@@ -230,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       online=args.online, ply=args.ply, obj=not args.no_obj, pictures=not args.no_pictures,
                       render_size=args.render_size,
                       focal=args.focal, detector_model=args.detector_model, progress=not args.quiet,
-                      person=args.person, detector_tile=args.detector_tile)
+                      person=args.person, detector_tile=args.detector_tile, smooth=args.smooth)
     for line in result.people:
         print(line)
     print(summary_line(result))
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the shorter side on a wide frame; 0: the whole frame only)")
     p.add_argument("--detector-model", help="blazepose: a folder with its model files; mediapipe: a "
                                             "pose_landmarker .task file")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian smoothing over time of the outputs, SIGMA frames (offline; default 0: none)")
     p.add_argument("--online", action="store_true", help="stream frame by frame (a causal checkpoint, e.g. tiny-online)")
     p.add_argument("--ply", action="store_true", help="also write per-frame PLY files")
     p.add_argument("--no-obj", action="store_true", help="do not write per-frame OBJ files")

@@ -691,3 +691,42 @@ def test_streaming_follower_keeps_its_person_and_flags_a_change():
     person_track, jump, count = _person_fields(track, None, None, follower)
     np.testing.assert_array_equal(person_track, follower.followed)
     assert np.flatnonzero(jump).tolist() == [1, 6]
+
+
+def test_smooth_runs_filters_within_detected_runs_only():
+    from hmrmamba.demo.smoothing import detected_runs, smooth_runs
+
+    valid = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0, 1], bool)
+    assert detected_runs(valid) == [(0, 3), (4, 8), (9, 10)]
+    x = np.zeros((10, 2))
+    x[5] = 10.0  # a spike inside the second run
+    x[3] = 99.0  # an undetected frame: neither smoothed nor leaking into its neighbours
+    y = smooth_runs(x, valid, 1.0)
+    assert y[3, 0] == 99.0 and np.allclose(y[:3], 0.0) and y[9, 0] == 0.0
+    assert 0.0 < y[7, 0] < y[4, 0] < y[5, 0] < 10.0  # the spike spread over its run, nearest first
+    np.testing.assert_array_equal(smooth_runs(x, valid, 0), x)
+    for bad in (-1, 31, "2", True):
+        with pytest.raises(InputError, match="--smooth"):
+            smooth_runs(x, valid, bad)
+
+
+def test_demo_smooth_equals_smoothing_its_unsmoothed_output(offline_run, project, clip, checkpoints, tmp_path):
+    """`--smooth 2` writes what smooth_runs makes of the unsmoothed output, with less jitter; the quality
+    report's re-smoothing agrees; `--smooth` with `--online` is refused before any work."""
+    from hmrmamba.demo.quality import output_quality
+    from hmrmamba.demo.smoothing import smooth_runs
+
+    _, plain = offline_run
+    out = tmp_path / "smooth"
+    run_demo(clip["video"], out, checkpoint=checkpoints["tiny"], keypoints=clip["keypoints"], root=project,
+             obj=False, pictures=False, progress=False, smooth=2.0)
+    with np.load(plain / "meshes.npz") as a, np.load(out / "meshes.npz") as b:
+        for key in ("vertices", "joints", "translation"):
+            np.testing.assert_allclose(b[key], smooth_runs(a[key], a["detected"], 2.0), atol=1e-5)
+    body = Layout(project).body_model
+    q0, q2 = output_quality(plain, body), output_quality(out, body)
+    assert q2["jitter_camera_mm"] < q0["jitter_camera_mm"]
+    assert output_quality(plain, body, smooth=2.0)["jitter_mm"] == pytest.approx(q2["jitter_mm"], rel=1e-4)
+    assert json.loads((out / "summary.json").read_text())["smooth"] == 2.0
+    _fails_cleanly(tmp_path, "--smooth", video=clip["video"], checkpoint=checkpoints["tiny-online"],
+                   keypoints=clip["keypoints"], root=project, online=True, smooth=1.0)

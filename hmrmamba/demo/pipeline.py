@@ -197,13 +197,15 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
              focal: float | None = None,
              root: str | Path | None = None, inference=None, detector_model: str | Path | None = None,
              progress: bool = True, batch_size: int = 16, person: int | None = None,
-             detector_tile: int | None = None) -> DemoResult:
+             detector_tile: int | None = None, smooth: float = 0.0) -> DemoResult:
     """Meshes, pictures and files for ``video`` (a video file or a folder of frames) in ``out``.
 
     ``detector``: ``"keypoints"`` (needs ``keypoints``, an npz), ``"blazepose"`` (MediaPipe Pose's
     models on LiteRT, installed with the project; ``detector_model`` a folder of them, ``detector_tile``
     px tiles for small people, ``person`` the rank of the person to follow, default the most
-    prominent) or ``"mediapipe"`` (the legacy ``[demo]`` extra); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
+    prominent) or ``"mediapipe"`` (the legacy ``[demo]`` extra); ``smooth``: a Gaussian over time of
+    that many frames on the outputs, within runs of detected frames (offline only,
+    :mod:`hmrmamba.demo.smoothing`); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
     loaded from ``checkpoint``, default the train_mesh stage's ``best.pt`` under ``root``);
     ``pictures=False`` skips the overlay video and the PNGs, ``obj``/``ply`` the per-frame meshes.
     Raises ``InputError`` for an unreadable or empty video, no person detected, a wrong checkpoint,
@@ -228,6 +230,12 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     if person is not None and (isinstance(person, bool) or not isinstance(person, (int, np.integer)) or person < 0):
         raise InputError(f"--person {person!r}", field="--person", expected="an integer >= 0 (0 = the most prominent)")
     _check_options(render_size, focal, batch_size)
+    from hmrmamba.demo.smoothing import check_sigma, smooth_runs
+
+    smooth = check_sigma(smooth)
+    if smooth and online:
+        raise InputError(f"--smooth {smooth:g} with --online", field="--smooth",
+                         expected="offline (smoothing looks at later frames), or --smooth 0")
     _check_out_dir(out)
     reader = VideoReader(video)
     n = reader.num_frames
@@ -269,6 +277,10 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
                 trans[~track.detected] = np.nan
                 # a detection whose translation cannot be fitted is no detection (docs/demo.md)
                 track.detected = track.detected & np.isfinite(trans).all(-1)
+            if smooth:
+                with timer.step("smooth"):
+                    pred_v, pred_j, pred_p, trans = (smooth_runs(a, track.detected, smooth).astype(np.float32)
+                                                     for a in (pred_v, pred_j, pred_p, trans))
     finally:
         if det is not None:
             det.close()
@@ -315,7 +327,7 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
         write_json(tmp / "summary.json", {
             "video": str(video), "frames": n, "detected_frames": int(detected.sum()), "fps_video": reader.fps,
             "image_size": list(reader.size), "checkpoint": str(inference.checkpoint), "variant": inference.variant,
-            "mode": "online" if online else "offline", "detector": detector,
+            "mode": "online" if online else "offline", "detector": detector, "smooth": smooth,
             "backbone_weights": inference.weights_note, "seconds": seconds, "people": people_lines,
             "person_jumps": [int(i) for i in np.flatnonzero(person_jump)],
             "frames_per_second": round(fps, 3), "camera": [float(c) for c in camera]})

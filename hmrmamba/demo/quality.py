@@ -12,6 +12,9 @@ frames where the followed person was detected:
   frame squared, over runs of consecutive detected frames (and of the camera-frame joints, which
   adds the translation's jitter);
 - **detector frames/s**: frames over the seconds of the ``detect`` step.
+
+``--smooth SIGMA`` (several allowed) reports the same numbers for the output smoothed as
+``hmrmamba demo --smooth SIGMA`` would have written it (:mod:`hmrmamba.demo.smoothing`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ def acceleration_mm(points: np.ndarray, valid: np.ndarray) -> float:
     return float(np.linalg.norm(acc[ok], axis=-1).mean() * 1000.0)
 
 
-def output_quality(out_dir: str | Path, body_model: str | Path) -> dict[str, float]:
+def output_quality(out_dir: str | Path, body_model: str | Path, smooth: float = 0.0) -> dict[str, float]:
     """The numbers of the module docstring for one demo output folder; ``body_model`` is the npz whose
-    ``v_template`` is the reference for the roughness."""
+    ``v_template`` is the reference for the roughness; ``smooth``: first smooth the (unsmoothed) output
+    as ``hmrmamba demo --smooth`` would (:func:`hmrmamba.demo.smoothing.smooth_runs`)."""
     from hmrmamba.evaluate.metrics import mesh_edges, umbrella_laplacian
     from hmrmamba.skeleton import H36M17
 
@@ -52,6 +56,10 @@ def output_quality(out_dir: str | Path, body_model: str | Path) -> dict[str, flo
         joints, verts, faces, trans = m["joints"], m["vertices"], m["faces"], m["translation"]
     if not det.any():
         raise InputError("no detected frame", file=path, field="detected", expected="at least one detection")
+    if smooth:
+        from hmrmamba.demo.smoothing import smooth_runs
+
+        joints, verts, trans = (smooth_runs(a, det, smooth).astype(np.float32) for a in (joints, verts, trans))
     parent, child = np.array(H36M17.bones).T
     bones = np.linalg.norm(joints[det][:, child] - joints[det][:, parent], axis=-1) * 1000.0
     with np.load(body_model, allow_pickle=False) as b:
@@ -60,10 +68,10 @@ def output_quality(out_dir: str | Path, body_model: str | Path) -> dict[str, flo
     rough = float(umbrella_laplacian(verts[det], edges).mean() / umbrella_laplacian(template, edges))
     rel = joints - joints[:, :1]
     cam = rel + np.nan_to_num(trans)[:, None, :]
-    out = {"frames": int(len(det)), "detected": float(det.mean()),
+    out = {"frames": len(det), "detected": float(det.mean()),
            "bone_std_mean_mm": float(bones.std(0).mean()), "bone_std_max_mm": float(bones.std(0).max()),
            "roughness": rough, "jitter_mm": acceleration_mm(rel, det), "jitter_camera_mm": acceleration_mm(cam, det),
-           "jumps": int(m_jumps(path))}
+           "jumps": _jump_count(path), "smooth": smooth}
     summary = out_dir / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
@@ -74,7 +82,7 @@ def output_quality(out_dir: str | Path, body_model: str | Path) -> dict[str, flo
     return out
 
 
-def m_jumps(path: Path) -> int:
+def _jump_count(path: Path) -> int:
     """Frames flagged ``person_jump`` (0 for outputs written before the flag existed)."""
     with np.load(path, allow_pickle=False) as m:
         return int(m["person_jump"].sum()) if "person_jump" in m.files else 0
@@ -84,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hmrmamba.demo.quality", description=__doc__.splitlines()[0])
     ap.add_argument("out_dirs", nargs="+", help="folders written by `hmrmamba demo`")
     ap.add_argument("--body-model", help="body model npz (default: the project's data/body_model)")
+    ap.add_argument("--smooth", type=float, nargs="+", default=[0.0], metavar="SIGMA",
+                    help="also as if written with `hmrmamba demo --smooth SIGMA` (frames; several allowed)")
     args = ap.parse_args(argv)
     if args.body_model is None:
         from hmrmamba.config import find_project_root
@@ -92,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         body = Layout(find_project_root()).body_model
     else:
         body = Path(args.body_model)
-    cols = ("frames", "detected", "bone_std_mean_mm", "bone_std_max_mm", "roughness", "jitter_mm",
+    cols = ("smooth", "frames", "detected", "bone_std_mean_mm", "bone_std_max_mm", "roughness", "jitter_mm",
             "jitter_camera_mm", "jumps", "detector_fps", "fps")
     print("| output | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for d in args.out_dirs:
-        q = output_quality(d, body)
-        print(f"| {d} | " + " | ".join(f"{q.get(c, float('nan')):.3g}" for c in cols) + " |")
+        for sigma in args.smooth:
+            q = output_quality(d, body, smooth=sigma)
+            print(f"| {d} | " + " | ".join(f"{q.get(c, float('nan')):.3g}" for c in cols) + " |")
     return 0
 
 

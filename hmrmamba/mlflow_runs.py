@@ -430,8 +430,11 @@ def summarise_children(client, run_id: str) -> dict[str, float]:
     """Log the headline errors of the finished evaluate runs nested under ``run_id`` to it -> what was logged.
 
     One evaluate run: its names as they are (``synthetic.mpjpe``); several (a comparison flow's rows): prefixed
-    with each run's ``variant`` tag (``ga.synthetic.mpjpe``).
+    with each run's ``variant`` tag (``ga.synthetic.mpjpe``), characters MLflow refuses in a metric name made
+    dashes (``em+im`` -> ``em-im``).
     """
+    import re
+
     parent = client.get_run(run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -439,7 +442,8 @@ def summarise_children(client, run_id: str) -> dict[str, float]:
                       "attributes.status = 'FINISHED'")
     out: dict[str, float] = {}
     for child in children:
-        prefix = "" if len(children) == 1 else f"{child.data.tags.get('variant', child.info.run_id[:8])}."
+        label = re.sub(r"[^\w\-. /:]", "-", child.data.tags.get("variant") or child.info.run_id[:8])
+        prefix = "" if len(children) == 1 else f"{label}."
         for name, value in child.data.metrics.items():
             if name.rsplit(".", 1)[-1] in HEADLINE_METRICS and not name.startswith("stage1."):
                 out[prefix + name] = value

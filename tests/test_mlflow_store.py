@@ -108,6 +108,17 @@ def test_flow_stage_runs_nest_under_the_parent_in_its_experiment(tmp_path, param
     assert client.get_run(failed).info.status == "FAILED"
 
 
+def test_a_parent_of_several_rows_shows_each_rows_errors(tmp_path, params):
+    uri = mlflow_runs.local_store_uri(tmp_path)
+    with mlflow_runs.parent_run(root=tmp_path, uri=uri, experiment="flow-ablation", run_name="ablation",
+                                tags={"flow": "ablation"}, params={}, record={}) as pid:
+        for variant, mpjpe in (("ga", 70.0), ("em+im", 65.0)):
+            _evaluate(tmp_path, params, mpjpe, variant=variant, **{mlflow_runs.PARENT_TAG: pid})
+    metrics = _client(tmp_path).get_run(pid).data.metrics
+    assert metrics["ga.synthetic.mpjpe"] == 70.0 and metrics["em-im.synthetic.mpjpe"] == 65.0
+    assert len(metrics) == 6  # MPJPE, PA-MPJPE, MPVPE of each row
+
+
 def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
 

@@ -117,7 +117,7 @@ def test_fit_recovers_known_parameters(body):
 
 def test_fit_with_a_user_smpl_file(user_smpl_path):
     body = BodyModel.from_path(user_smpl_path)
-    pose, betas, trans, v = clip(body, n=20, seed=3)
+    _, betas, _, v = clip(body, n=20, seed=3)
     fit = fit_body(v, body, FitSettings(smooth_weight=0.0))
     assert fit.converged.all()
     assert np.linalg.norm(fit.vertices - v, axis=-1).mean() * 1000 < 4.0
@@ -128,7 +128,7 @@ def test_fit_with_a_user_smpl_file(user_smpl_path):
 
 
 def test_temporal_prior_reduces_jitter(body):
-    pose, betas, trans, clean = clip(body, seed=2)
+    *_, clean = clip(body, seed=2)
     _, _, _, jittery = clip(body, seed=2, pose_noise=0.02)
     free = fit_body(jittery, body, FitSettings(smooth_weight=0.0))
     smooth = fit_body(jittery, body, FitSettings())

@@ -47,7 +47,7 @@ import torch
 from hmrmamba.errors import InputError
 from hmrmamba.geometry import matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
-__all__ = ["BodyFit", "BodyModel", "FitSettings", "fit_body", "kabsch_rotations", "acceleration_mm"]
+__all__ = ["BodyFit", "BodyModel", "FitSettings", "acceleration_mm", "fit_body", "kabsch_rotations"]
 
 NUM_JOINTS = 24
 
@@ -91,7 +91,7 @@ class BodyModel:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], *, num_betas: int = 10, source: str | Path | None = None):
-        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))
         self.source = None if source is None else str(source)
         self.v_template = f32(arrays["v_template"])                        # (V, 3)
         nb = min(int(num_betas), arrays["shapedirs"].shape[2])

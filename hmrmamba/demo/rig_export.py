@@ -38,7 +38,16 @@ from scipy.spatial.transform import Rotation
 
 from hmrmamba.atomic import atomic_path
 from hmrmamba.body.fitting import BodyFit, BodyModel, FitSettings, fit_body
-from hmrmamba.demo.export import _ARRAY, _ELEMENTS, _FLOAT, _UINT, _Buffer, glb_bytes, read_meshes, to_gltf_axes
+from hmrmamba.demo.export import (
+    _ARRAY,
+    _ELEMENTS,
+    _FLOAT,
+    _UINT,
+    _Buffer,
+    glb_bytes,
+    read_meshes,
+    to_gltf_axes,
+)
 from hmrmamba.errors import InputError
 from hmrmamba.skeleton import SMPL24
 

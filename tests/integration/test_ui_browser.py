@@ -14,17 +14,20 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from browser import find_browser, free_port, group_alive, headless, serving
+from browser import BROWSER_NAMES, find_browser, free_port, group_alive, headless, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> str:
+    """The browser executable; asked for before the pipeline fixture, so a skip costs nothing."""
     found = find_browser()
     if found is None:
-        pytest.skip("no Chromium on PATH (apt-get install chromium, or set HMRMAMBA_BROWSER): "
-                    "the browser-level UI checks need one")
+        chosen = os.environ.get("HMRMAMBA_BROWSER")
+        where = f"HMRMAMBA_BROWSER={chosen} is not an executable" if chosen else (
+            f"none of {', '.join(BROWSER_NAMES)} on PATH")
+        pytest.skip(f"no Chromium for the browser-level UI checks ({where}); install one: apt-get install chromium")
     return found
 
 
@@ -61,7 +64,7 @@ def _trained_stage_run(uri: str, flow_run_id: str):
     return runs.iloc[0]
 
 
-def test_mlflow_ui_lists_the_pipeline_run_by_name(flow_project, browser, tmp_path):
+def test_mlflow_ui_lists_the_pipeline_run_by_name(browser, flow_project, tmp_path):
     from hmrmamba.mlflow_runs import local_store_uri
 
     root, state = flow_project
@@ -86,7 +89,7 @@ def test_mlflow_ui_lists_the_pipeline_run_by_name(flow_project, browser, tmp_pat
     assert page.screenshot.stat().st_size > 10_000, f"blank screenshot {page.screenshot}"
 
 
-def test_prefect_ui_lists_the_pipeline_flow_run_by_name(flow_project, browser, tmp_path):
+def test_prefect_ui_lists_the_pipeline_flow_run_by_name(browser, flow_project, tmp_path):
     """``prefect server start`` (the UI; the test harness's server serves only the API) on the same database."""
     import prefect.settings
     from prefect.client.orchestration import get_client

@@ -322,3 +322,49 @@ def test_real_mlflow_server_killed_mid_run(tmp_path, reliability, monkeypatch):
         "real mlflow server killed (SIGKILL) mid-run",
         detail=f"clear error {elapsed:.1f} s after the kill",
     )
+
+
+def test_compare_with_the_server_down_prints_one_line(tmp_path, reliability, monkeypatch, capsys):
+    from hmrmamba.cli import main
+    from hmrmamba.profiles import compose, write_params
+
+    root = Path(__file__).resolve().parents[2]
+    uri = f"http://127.0.0.1:{closed_port()}"
+    write_params(tmp_path, compose(root, "default", [f"tracking.uri={uri}"]))
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    with own_mlflow_env():
+        assert main(["compare"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hmrmamba compare: error: ") and "not reachable" in err
+    assert time.monotonic() - t0 < 15 and not (tmp_path / "plots").exists()
+    reliability.fault("hmrmamba compare + MLflow", "tracking server down (closed localhost port)",
+                      detail=f"one-line error in {time.monotonic() - t0:.1f} s, nothing written")
+
+
+def test_failing_stage_and_flow_leave_no_run_running(tmp_path, reliability):
+    """A stage that raises ends its run FAILED, and the flow's parent run around it too: none stays RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from hmrmamba.profiles import compose
+    from hmrmamba.stages.common import execute
+
+    params = compose(Path(__file__).resolve().parents[2], "default", [])
+    uri = mlflow_runs.local_store_uri(tmp_path)
+
+    def broken(params, layout):
+        raise RuntimeError("the stage broke half-way")
+
+    with own_mlflow_env():
+        with pytest.raises(RuntimeError, match="half-way"):
+            with mlflow_runs.parent_run(root=tmp_path, uri=uri, experiment="flow-pipeline", run_name="pipeline",
+                                        tags={"flow": "pipeline"}, params={}, record={}) as pid:
+                execute("evaluate", broken, root=tmp_path, params=params, tags={mlflow_runs.PARENT_TAG: pid})
+        with pytest.raises(RuntimeError, match="half-way"):
+            execute("evaluate", broken, root=tmp_path, params=params)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
+    assert not (tmp_path / "metrics/evaluate.json").exists()
+    reliability.fault("stage + flow parent run (sqlite store)", "the stage raises mid-run",
+                      detail="stage runs and the parent end FAILED, none RUNNING")

@@ -291,3 +291,16 @@ def test_blender_imports_the_rig_and_the_bvh(request, tmp_path):
     fitted = result.fit.vertices[k]
     # Blender is z up: (x, y, z) glTF -> (x, -z, y)
     np.testing.assert_allclose(blender, np.stack([fitted[:, 0], -fitted[:, 2], fitted[:, 1]], 1), atol=1e-3)
+
+
+def test_a_fit_that_does_not_converge_is_said_and_the_meshes_kept(tmp_path, body, body_path, capsys):
+    made = demo_meshes(tmp_path / "out", body)
+    scrambled = made["vertices"][:, np.random.default_rng(0).permutation(body.num_vertices)]
+    arrays = {k: v for k, v in made.items() if k != "world"}
+    write_npz(tmp_path / "out" / "meshes.npz", **{**arrays, "vertices": scrambled})
+    assert main(["fit", str(tmp_path / "out"), "--body-model", str(body_path), "--gltf"]) == 0
+    assert f"NOT CONVERGED in {N} of {N} frames" in capsys.readouterr().out
+    with np.load(tmp_path / "out" / "meshes.npz") as z:
+        np.testing.assert_array_equal(z["vertices"], scrambled)
+        assert not z["fit_converged"].any() and (z["fit_error_mm"] > 40).all()
+    assert (tmp_path / "out" / GLB_FILE).is_file()

@@ -252,23 +252,36 @@ def acceleration_mm(points: np.ndarray) -> float:
     return float(np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=-1).mean() * 1000)
 
 
+#: frames posed at once outside the optimisation (bounds memory: CHUNK x V x 12 floats)
+CHUNK = 128
+
+
 def _solve_betas(body: BodyModel, rotmats: torch.Tensor, target: torch.Tensor, sub: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """rotmats (N, 24, 3, 3), target (N, V, 3) -> betas (B,), trans (N, 3): least squares over ``sub``.
 
     With the rotations fixed, posed vertices are affine in the betas (rest vertices and rest joints
-    both are), so the betas and the per-frame translations solve one linear system."""
+    both are), so the betas and the per-frame translations solve one linear system (normal
+    equations accumulated over chunks of frames, translations eliminated by centring)."""
     n, nb = rotmats.shape[0], body.num_betas
-    zero = torch.zeros(n, 3)
-    base, _ = body(rotmats, torch.zeros(nb), zero, vertices=sub)             # (N, S, 3)
-    y = target[:, sub] - base
-    if nb == 0:
-        return torch.zeros(0), y.mean(1)
-    cols = torch.stack([body(rotmats, torch.eye(nb)[k], zero, vertices=sub)[0] - base for k in range(nb)], -1)
-    a_c = (cols - cols.mean(1, keepdim=True)).reshape(-1, nb).double()     # translation eliminated
-    y_c = (y - y.mean(1, keepdim=True)).reshape(-1, 1).double()
-    betas = torch.linalg.lstsq(a_c, y_c).solution[:, 0].float()
-    return betas, (y - cols @ betas).mean(1)
+    ata = torch.zeros(nb, nb, dtype=torch.float64)
+    aty = torch.zeros(nb, dtype=torch.float64)
+    parts = []
+    for lo in range(0, n, CHUNK):
+        rot = rotmats[lo:lo + CHUNK]
+        zero = torch.zeros(rot.shape[0], 3)
+        base, _ = body(rot, torch.zeros(nb), zero, vertices=sub)             # (n', S, 3)
+        y = target[lo:lo + CHUNK, sub] - base
+        cols = torch.stack([body(rot, torch.eye(nb)[k], zero, vertices=sub)[0] - base for k in range(nb)], -1) \
+            if nb else y.new_zeros(y.shape + (0,))
+        a_c = (cols - cols.mean(1, keepdim=True)).reshape(-1, nb).double()
+        y_c = (y - y.mean(1, keepdim=True)).reshape(-1).double()
+        ata += a_c.T @ a_c
+        aty += a_c.T @ y_c
+        parts.append((y, cols))
+    betas = torch.linalg.lstsq(ata, aty[:, None]).solution[:, 0].float() if nb else torch.zeros(0)
+    trans = torch.cat([(y - cols @ betas).mean(1) for y, cols in parts])
+    return betas, trans
 
 
 def _initial_guess(body: BodyModel, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -356,7 +369,8 @@ def fit_body(target_vertices: np.ndarray, body: BodyModel, settings: FitSettings
     _, r6, b, tr = best
     with torch.no_grad():
         rotmats = rot6d_to_matrix(r6)
-        verts, joints = body(rotmats, b, tr)
+        posed = [body(rotmats[lo:lo + CHUNK], b, tr[lo:lo + CHUNK]) for lo in range(0, n, CHUNK)]
+        verts, joints = torch.cat([v for v, _ in posed]), torch.cat([j for _, j in posed])
         centre_fit, centre_target = verts.mean(1, keepdim=True), target.mean(1, keepdim=True)
         dist = torch.linalg.norm((verts - centre_fit) - (target - centre_target), dim=-1) * 1000  # (N, V) mm
         err, worst = dist.mean(1).numpy(), dist.max(1).values.numpy()

@@ -29,7 +29,8 @@ def _flag_columns(table, variants: Sequence[common.Variant], columns: Mapping[st
 def summary_markdown(flow_name: str, *, params: Mapping[str, Any], uri: str, parent_run_id: str,
                      futures: Mapping[str, Any], table, plots: Sequence[Any]) -> str:
     lines = [f"# hmrmamba {flow_name} ({params.get('profile', '?')})", "",
-             f"- MLflow: `{uri}` (parent run `{parent_run_id}`, experiment `evaluate` for the rows)",
+             f"- MLflow: `{uri}` (parent run `{parent_run_id}` in experiment `flow-{flow_name}`, the rows' "
+             "stage runs nested under it)",
              f"- plots: {', '.join(f'`{p}`' for p in plots) or '(none)'}", "",
              "| variant | state | note |", "|---|---|---|"]
     for label, fut in futures.items():

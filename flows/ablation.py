@@ -94,6 +94,17 @@ def ablation(root: str | None = None, profile: str | None = None, overrides: lis
 
     ``base`` defaults to ``experiment.variant``. With ``prepare_data`` the data stages run first when their
     outputs are missing (run ``dvc repro features`` to bring stale data up to date).
+
+    Args:
+        root: The project directory (holding params.yaml and conf/); default: the nearest one above the
+            working directory.
+        profile: Compose the params from conf/ with this profile instead of using params.yaml.
+        overrides: Hydra overrides of the params, e.g. ["train_lift.epochs=2"].
+        rows: Table-3 rows to run, e.g. ["ga", "ga+em", "full"]; default: all.
+        base: The variant the rows switch GA/EM/IM on; default: experiment.variant.
+        max_parallel: Rows training at once (worker processes); default: flows.workers, else CPU cores /
+            runtime.threads (1 on a GPU).
+        prepare_data: Run the data stages first when their outputs are missing (else fail).
     """
     return comparison.run_comparison(
         "ablation", root=root, profile=profile, overrides=overrides, max_parallel=max_parallel,

@@ -115,6 +115,19 @@ def flow_run_id() -> str:
     return str(flow_run.id or "")
 
 
+def label_flow_run(name: str, tags: Sequence[str]) -> None:
+    """Rename the flow run in progress and add ``tags`` to it (they keep the tags it has, e.g. a deployment's):
+    names made from the parsed params (variant, detector) once they are known. Nothing outside a flow run."""
+    from prefect.client.orchestration import get_client
+
+    run_id = flow_run_id()
+    if not run_id:
+        return
+    with get_client(sync_client=True) as client:
+        have = client.read_flow_run(run_id).tags or []
+        client.update_flow_run(run_id, name=name, tags=[*have, *(t for t in tags if t not in have)])
+
+
 def default_parallel(params: Mapping[str, Any]) -> int:
     """How many variants may train at once: CPU cores / the threads of one row (``runtime.threads``, or 1 when
     that is 0: :func:`tasks.stages.row_threads`); 1 on a GPU."""
@@ -175,18 +188,32 @@ def log_parent_artifacts(uri: str, run_id: str, paths: Sequence[Path]) -> None:
 
 # -- running stages and variants ---------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Place:
+    """Where and how :func:`run_graph` runs one stage: project, params, task label, under DVC's rules or not."""
+
+    root: Path
+    params: Mapping[str, Any]
+    label: str = "main"
+    dvc: bool = False
+
+
 def run_graph(graph: Mapping[str, Sequence[str]], stages: Sequence[str], *, root: Path,
               params: Mapping[str, Any], tags_for: Callable[[str], Mapping[str, str]], parent_run_id: str,
-              label: str = "main") -> dict[str, PrefectFuture]:
+              label: str = "main", places: Mapping[str, Place] | None = None) -> dict[str, PrefectFuture]:
     """Submit ``stages`` (a subset of ``graph``: stage -> upstream stages, in topological order), each after
-    its upstream stages; wait for all -> {stage: future}. A stage after a failed one does not run."""
+    its upstream stages; wait for all -> {stage: future}. A stage after a failed one does not run.
+
+    Each stage runs in ``root`` with ``params`` as ``label``, unless ``places`` names another place for it
+    (another project, other params, DVC's rules: :func:`tasks.stages.run_stage`)."""
     futures: dict[str, PrefectFuture] = {}
     for stage, upstream in graph.items():
         if stage not in stages:
             continue
+        at = (places or {}).get(stage) or Place(root, params, label)
         futures[stage] = stage_task(stage).submit(
-            stage, root=root, params=params, label=label, tags=tags_for(stage), parent_run_id=parent_run_id,
-            wait_for=[futures[u] for u in upstream if u in futures])
+            stage, root=at.root, params=at.params, label=at.label, tags=tags_for(stage),
+            parent_run_id=parent_run_id, dvc=at.dvc, wait_for=[futures[u] for u in upstream if u in futures])
     wait(list(futures.values()))
     return futures
 
@@ -232,20 +259,28 @@ def variant_params(params: Mapping[str, Any], variant: Variant, uri: str) -> dic
     return out
 
 
-def scratch_project(root: Path, flow_name: str, label: str, params: Mapping[str, Any]) -> Path:
-    """``<root>/outputs/flows/<flow>/<slug>/`` with ``data`` -> ``<root>/data`` and the variant's params.yaml."""
+def scratch_project(root: Path, flow_name: str, label: str, params: Mapping[str, Any], *,
+                    share_data: bool = True) -> Path:
+    """``<root>/outputs/flows/<flow>/<slug>/`` with ``data`` -> ``<root>/data`` and the variant's params.yaml.
+
+    ``share_data=False``: ``data`` is a directory of the scratch project's own (an earlier link is removed),
+    for params under which the data stages make other data."""
     from hmrmamba.profiles import HEADER
 
     path = root / SCRATCH / flow_name / slug(label)
     path.mkdir(parents=True, exist_ok=True)
     link, target = path / "data", (root / "data").resolve()
-    if link.is_symlink():
+    if not share_data:
+        if link.is_symlink():
+            link.unlink()
+        link.mkdir(exist_ok=True)
+    elif link.is_symlink():
         if link.resolve() != target:
             link.unlink()
     elif link.exists():
         raise InputError("a real directory is in the way of the data link", file=link,
                          expected=f"nothing, or a symlink to {target}")
-    if not link.is_symlink():
+    if share_data and not link.is_symlink():
         link.symlink_to(target, target_is_directory=True)
     with atomic_path(path / "params.yaml", suffix=".yaml") as tmp:
         tmp.write_text(HEADER.format(profile=params.get("profile", "?")).replace(

@@ -54,6 +54,17 @@ def detectors(root: str | None = None, profile: str | None = None, overrides: li
               prepare_data: bool = True) -> dict[str, dict]:
     """Train and evaluate ``variant`` (default ``experiment.variant``) on each of ``detectors`` (default
     :data:`DETECTORS`) -> {detector: {stage: metrics}}. Data stages run first when their outputs are missing.
+
+    Args:
+        root: The project directory (holding params.yaml and conf/); default: the nearest one above the
+            working directory.
+        profile: Compose the params from conf/ with this profile instead of using params.yaml.
+        overrides: Hydra overrides of the params, e.g. ["train_lift.epochs=2"].
+        detectors: 2D sources to compare, e.g. ["gt", "cpn"]; default: all.
+        variant: The model variant; default: experiment.variant.
+        max_parallel: Rows training at once (worker processes); default: flows.workers, else CPU cores /
+            runtime.threads (1 on a GPU).
+        prepare_data: Run the data stages first when their outputs are missing (else fail).
     """
     return comparison.run_comparison(
         "detectors", root=root, profile=profile, overrides=overrides, max_parallel=max_parallel,

@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import common, comparison
 from hmrmamba.report import results as R
+
 FLOW = "results"
 
 
@@ -37,7 +38,17 @@ def variants(plan: R.Plan) -> list[common.Variant]:
 @flow(name="hmrmamba-results", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def results(root: str | None = None, profile: str | None = None, overrides: list[str] | None = None,
             max_parallel: int | None = None, prepare_data: bool = True) -> str:
-    """Train the runs of the ``results`` plan that have not finished, then write the document -> its path."""
+    """Train the runs of the ``results`` plan that have not finished, then write the document -> its path.
+
+    Args:
+        root: The project directory (holding params.yaml and conf/); default: the nearest one above the
+            working directory.
+        profile: Compose the params from conf/ with this profile instead of using params.yaml.
+        overrides: Hydra overrides of the params, e.g. ["train_lift.epochs=2"].
+        max_parallel: Rows training at once (worker processes); default: flows.workers, else CPU cores /
+            runtime.threads (1 on a GPU).
+        prepare_data: Run the data stages first when their outputs are missing (else fail).
+    """
     project = common.resolve_root(root)
     params = common.load_flow_params(project, profile, overrides)
     common.check_experiment(params)

@@ -19,20 +19,27 @@ if __name__ == "__main__":  # before Prefect loads: it reads PREFECT_HOME (and c
     script_environment("flows/serve.py")
 
 import argparse
+import inspect
 from pathlib import Path
 
 from flows import common
 
 
+def description(fn) -> str:
+    """A deployment's description: the first paragraph of its flow's docstring, on one line. (Prefect takes
+    the parameters' descriptions from the docstring's ``Args:`` section itself.)"""
+    return " ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split())
+
+
 def deployments(root: Path, *, name: str = "main") -> list:
-    """One runner deployment per flow, each with ``root`` preset -> [RunnerDeployment]."""
+    """One runner deployment per flow, each with ``root`` preset and described -> [RunnerDeployment]."""
     from flows.ablation import ablation
     from flows.detectors import detectors
     from flows.pipeline import pipeline
     from flows.results import results
 
-    return [f.to_deployment(name=name, parameters={"root": str(root)},
-                            description=(f.__doc__ or "").strip().split("\n")[0])
+    return [f.to_deployment(name=name, parameters={"root": str(root)}, description=description(f),
+                            tags=["hmrmamba"])
             for f in (pipeline, ablation, detectors, results)]
 
 

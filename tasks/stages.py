@@ -1,8 +1,11 @@
 """Prefect tasks over the pipeline stages.
 
 Each stage task is one call of :func:`hmrmamba.stages.common.execute` with the stage module's ``run``: the
-same code ``dvc repro`` runs through ``python -m hmrmamba.stages.<name>``. The task adds only a readable
-name, retries where a retry can help, and the MLflow parent run of the flow.
+same code ``dvc repro`` runs through ``python -m hmrmamba.stages.<name>``. The task adds a readable name,
+retries where a retry can help, the MLflow parent run of the flow, the stage's log lines and progress in
+the task run's logs and a markdown artifact linking its MLflow run (:mod:`tasks.observe`). In a DVC project
+(``dvc=True``) it runs the stage only when DVC would, and records it in ``dvc.lock`` (:mod:`tasks.dvc_state`):
+an up-to-date stage ends in a Completed state named ``Cached`` with the message :data:`UP_TO_DATE`.
 
 Retries: the training stages resume from their last checkpoint (exact resume), so a retry after a crash
 (a killed worker, a transient CUDA or file-system error, a busy sqlite store) continues where it stopped.
@@ -57,18 +60,57 @@ def _retry_unless_bad_input(task: Task, task_run: Any, state: Any) -> bool:
     return not isinstance(exc, InputError)
 
 
+#: The message of a stage task's final state when DVC says the stage is up to date.
+UP_TO_DATE = "up to date in DVC (dvc status), not run"
+
+
 @task(name="stage", task_run_name="{stage} [{label}]", cache_policy=NO_CACHE,
       retry_condition_fn=_retry_unless_bad_input, retry_delay_seconds=RETRY_DELAY_S)
 def run_stage(stage: str, *, root: Path, params: Mapping[str, Any], label: str = "main",
-              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> dict:
-    """Run one stage in project ``root`` with ``params`` -> its metrics (also in ``metrics/<stage>.json``)."""
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None, dvc: bool = False) -> Any:
+    """Run one stage in project ``root`` with ``params`` -> its metrics (also in ``metrics/<stage>.json``).
+
+    ``dvc=True`` (``root`` is a DVC project and ``params`` are its params.yaml): only when ``dvc status STAGE``
+    reports a change; the outputs ``dvc repro`` would remove are removed first and the stage is recorded in
+    ``dvc.lock`` after it ran. An up-to-date stage returns the metrics it left in ``metrics/<stage>.json``.
+    """
+    import json
+    import time
+
+    from prefect import get_run_logger
+    from prefect.states import Completed
+
+    from hmrmamba.layout import Layout
     from hmrmamba.stages.common import execute
+    from tasks import dvc_state, observe
 
     module = stage_module(stage)
+    root = Path(root)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_RUN_TAG] = parent_run_id
-    return execute(module.STAGE, module.run, root=Path(root), params=params, tags=all_tags)
+    with observe.forward_logs(stage):
+        log = get_run_logger()
+        if dvc:
+            reasons = dvc_state.stale_reasons(root, stage)
+            if not reasons:
+                log.info("%s: %s", stage, UP_TO_DATE)
+                path = Layout(root).metrics(stage)
+                metrics = json.loads(path.read_text()) if path.is_file() else {}
+                observe.publish_stage(stage, label, None, metrics, note=f"**{UP_TO_DATE}**")
+                return Completed(name="Cached", message=UP_TO_DATE, data=metrics)
+            log.info("%s: DVC would run it: %s", stage, "; ".join(reasons)[:1000])
+            dvc_state.clear_outputs(root, stage)
+        t0 = time.time()
+        metrics = execute(module.STAGE, module.run, root=root, params=params, tags=all_tags)
+        if dvc:
+            dvc_state.record(root, stage)
+            log.info("%s: recorded in dvc.lock", stage)
+        uri = str((params.get("tracking") or {}).get("uri") or "")
+        run = observe.last_stage_run(stage, t0, uri)
+        observe.publish_stage(stage, label, run, metrics)
+        return Completed(message=f"MLflow run {run.run_id} (experiment {run.experiment_id})" if run else "",
+                         data=metrics)
 
 
 @functools.cache

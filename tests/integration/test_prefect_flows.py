@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ def test_pipeline_flow_completes_every_stage_and_publishes_artifacts(flow_projec
     root, state = flow_project
     assert state.is_completed(), state.message
     fid = state.state_details.flow_run_id
-    assert task_runs(fid) == {f"{s} [main]": ("Completed", "") for s in with_upstream("evaluate")}
+    runs = task_runs(fid)
+    assert {n: state for n, (state, _) in runs.items()} == {f"{s} [main]": "Completed" for s in with_upstream("evaluate")}
+    assert all(re.fullmatch(r"MLflow run [0-9a-f]{32} \(experiment \d+\)", msg) for _, msg in runs.values())
     summary = artifact("hmrmamba-pipeline-summary", fid)
     assert summary.type == "markdown"
     for stage in with_upstream("evaluate"):
@@ -56,7 +59,7 @@ def test_ablation_rows_run_in_their_own_projects_and_are_compared(ablation_run, 
     shared = "stage 1 of ga+em, full"
     expected = {"ga+em", "full", shared, f"train_lift [{shared}]"} | {
         f"{s} [{r}]" for s in ("train_mesh", "evaluate") for r in ("ga+em", "full")}
-    assert runs == {name: ("Completed", "") for name in expected}
+    assert {n: state for n, (state, _) in runs.items()} == dict.fromkeys(expected, "Completed")
     metrics, lift_dirs = {}, set()
     for row, slug in (("ga+em", "ga-em"), ("full", "full")):
         project = root / "outputs/flows/ablation" / slug
@@ -89,7 +92,7 @@ def test_detector_flow_compares_by_detector(flow_project, task_runs, artifact):
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
     # gt and sh lifters differ: one stage-1 task each, then each row's stage 2
-    assert all(s == ("Completed", "") for s in runs.values()) and len(runs) == 10
+    assert all(state == "Completed" for state, _ in runs.values()) and len(runs) == 10
     assert {f"train_lift [stage 1 of {d}]" for d in ("gt", "sh")} <= set(runs)
     table = _rows(artifact("hmrmamba-detectors-comparison", state.state_details.flow_run_id))
     assert [r["detector2d"] for r in table] == ["gt", "sh"]

@@ -730,3 +730,41 @@ def test_demo_smooth_equals_smoothing_its_unsmoothed_output(offline_run, project
     assert json.loads((out / "summary.json").read_text())["smooth"] == 2.0
     _fails_cleanly(tmp_path, "--smooth", video=clip["video"], checkpoint=checkpoints["tiny-online"],
                    keypoints=clip["keypoints"], root=project, online=True, smooth=1.0)
+
+
+@pytest.mark.slow
+def test_real_video_online_with_blazepose(project, checkpoints, pose_models, tmp_path):
+    """--online with the real detector: the follower's track per frame and its changes land in meshes.npz."""
+    result = run_demo(REAL_CLIP, tmp_path / "online", checkpoint=checkpoints["tiny-online"], detector="blazepose",
+                      detector_model=pose_models, online=True, root=project, obj=False, pictures=False,
+                      progress=False)
+    assert result.detected >= 0.9 * result.frames
+    with np.load(tmp_path / "online" / "meshes.npz") as m:
+        det, track, jump = m["detected"], m["person_track"], m["person_jump"]
+        assert np.isfinite(m["vertices"]).all() and (track[~det] == -1).all() and (track[det] >= 0).all()
+        changes = np.flatnonzero(det[1:] & det[:-1] & (track[1:] != track[:-1])) + 1
+        assert set(changes.tolist()) <= set(np.flatnonzero(jump).tolist())  # every change of person is flagged
+
+
+def test_blazepose_bad_inputs(project, loaded, pose_models, tmp_path):
+    """No person anywhere: one clear error, nothing written; a person in one frame only: that frame is
+    the detection, the rest flagged; model files that are not models: refused before any work."""
+    frames = np.full((4, 96, 128, 3), 127, np.uint8)
+    write_video(tmp_path / "empty.mp4", frames, fps=10.0, lossless=True)
+    kw = {"inference": loaded["tiny"], "detector": "blazepose", "detector_model": pose_models, "root": project}
+    _fails_cleanly(tmp_path, "no person detected", video=tmp_path / "empty.mp4", **kw)
+    real = next(iter(VideoReader(REAL_CLIP)))
+    once = np.stack([real] + [np.full_like(real, 127)] * 3)
+    write_video(tmp_path / "once.mp4", once, fps=10.0, lossless=True)
+    result = run_demo(tmp_path / "once.mp4", tmp_path / "once", obj=False, pictures=False, progress=False, **kw)
+    with np.load(tmp_path / "once" / "meshes.npz") as m:
+        np.testing.assert_array_equal(m["detected"], [True, False, False, False])
+        assert np.isfinite(m["vertices"]).all() and np.isnan(m["translation"][1:]).all()
+    assert result.detected == 1 and any("<- followed" in line for line in result.people)
+    junk = tmp_path / "junk_models"
+    junk.mkdir()
+    from hmrmamba.demo.pose_models import MODEL_FILES
+
+    for name in MODEL_FILES:
+        (junk / name).write_bytes(b"\x00" * 64)
+    _fails_cleanly(tmp_path, "SHA-256", video=tmp_path / "once.mp4", **{**kw, "detector_model": junk})

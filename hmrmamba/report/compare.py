@@ -213,7 +213,7 @@ def write_comparison(table, *, csv_path: str | Path, png_path: str | Path, title
     """
     from pandas.api.types import is_numeric_dtype
 
-    from hmrmamba.report.plots import _pyplot
+    from hmrmamba.report.plots import _pyplot, save_png
 
     csv_path, png_path = Path(csv_path), Path(png_path)
     with atomic_path(csv_path, suffix=".csv") as tmp:
@@ -236,11 +236,7 @@ def write_comparison(table, *, csv_path: str | Path, png_path: str | Path, title
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return csv_path, png_path
+    return csv_path, save_png(fig, png_path)
 
 
 def compare(*, root: Path, stage: str = "evaluate", by: str = "variant", latest: bool = True,

@@ -19,6 +19,15 @@ def _pyplot():
     return plt
 
 
+def save_png(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` as PNG (atomically) and close it -> the path."""
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def per_joint_bar(path: str | Path, joint_names: Sequence[str], series: Mapping[str, np.ndarray], *,
                   title: str, ylabel: str = "MPJPE (mm)") -> Path:
     """Grouped bars: one group per joint, one bar per series (e.g. stage 1 vs mesh)."""
@@ -33,11 +42,7 @@ def per_joint_bar(path: str | Path, joint_names: Sequence[str], series: Mapping[
     ax.set_title(title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def training_curves(path: str | Path, history: Sequence[Mapping[str, float]], *, title: str) -> Path:
@@ -56,11 +61,7 @@ def training_curves(path: str | Path, history: Sequence[Mapping[str, float]], *,
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def contact_sheet(path: str | Path, images: np.ndarray, *, keypoints: np.ndarray | None = None,

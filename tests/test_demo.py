@@ -599,7 +599,7 @@ def test_blazepose_sees_the_same_body_in_a_turned_frame(pose_models):
         assert people, f"nobody found in the frame turned {90 * k} degrees"
         best = max(people, key=lambda p: p.box[3] - p.box[1] if k == 0 else p.box[2] - p.box[0])
         found[k] = best
-    h, w = frame.shape[:2]
+    w = frame.shape[1]
     turned = found[1].landmarks  # np.rot90 (counter-clockwise): (x, y) -> (y, w - 1 - x)
     back = np.stack([w - 1 - turned[:, 1], turned[:, 0]], -1)
     height = found[0].box[3] - found[0].box[1]
@@ -690,6 +690,7 @@ def test_streaming_follower_keeps_its_person_and_flags_a_change():
     track = make_track(np.stack([k for k, _ in out]), np.stack([c for _, c in out]), image_size=(h, w))
     person_track, jump, count = _person_fields(track, None, None, follower)
     np.testing.assert_array_equal(person_track, follower.followed)
+    np.testing.assert_array_equal(count, person_track >= 0)  # no tracker counts given: the detected frames
     assert np.flatnonzero(jump).tolist() == [1, 6]
 
 
@@ -768,3 +769,39 @@ def test_blazepose_bad_inputs(project, loaded, pose_models, tmp_path):
     for name in MODEL_FILES:
         (junk / name).write_bytes(b"\x00" * 64)
     _fails_cleanly(tmp_path, "SHA-256", video=tmp_path / "once.mp4", **{**kw, "detector_model": junk})
+
+
+def test_tracker_keeps_a_lost_id_through_an_unconfirmed_revival():
+    """A lost person re-detected in a frame where the landmarks still miss them stays lost (same id
+    later), not forgotten; a person far from where one was lost gets a new id."""
+    from hmrmamba.demo.blazepose import PoseTracker, Roi
+
+    class ScriptedPose:  # detections and presence per frame, the two networks' interface
+        def __init__(self, script):
+            self.script, self.t = script, -1
+
+        def detect(self, image, tile=None):
+            self.t += 1
+            return [(Roi(x, 50.0, 40.0, 0.0), 0.9) for x in self.script[self.t][0]]
+
+        def landmarks(self, image, roi):
+            pts = np.stack([np.full(33, roi.cx), np.linspace(35.0, 65.0, 33)], -1)
+            return pts, np.ones(33), self.script[self.t][1], roi
+
+    # frame: (detections' x, presence of every landmark run)
+    script = [([50.0], 1.0), ([], 0.0), ([52.0], 0.0), ([54.0], 1.0), ([54.0], 0.0), ([], 0.0), ([150.0], 1.0)]
+    tracker = PoseTracker(ScriptedPose(script), detect_every=1, keep_lost=10, tile=None)
+    ids = [[p.track for p in tracker(np.zeros((100, 200, 3), np.uint8))] for _ in script]
+    assert ids == [[0], [], [], [0], [], [], [1]]
+
+
+def test_info_names_the_detector(pose_models, tmp_path, capsys, monkeypatch):
+    from hmrmamba.cli import main
+    from hmrmamba.demo.pose_models import ENV_VAR, model_status
+
+    monkeypatch.setenv(ENV_VAR, str(pose_models))
+    assert main(["info"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("2d detector"))
+    assert "blazepose (MediaPipe Pose" in line and str(pose_models) in line
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))  # an empty folder: says so, and how to install
+    assert model_status().startswith("blazepose unavailable") and "python -m hmrmamba.demo.pose_models" in model_status()

@@ -18,10 +18,10 @@ Two networks, as in MediaPipe Pose (the models: :mod:`hmrmamba.demo.pose_models`
 
 **Several people** (:class:`PoseTracker`): the detector runs on every ``detect_every``-th frame
 (default 3; on a wide frame also on squares of its shorter side, so people are not shrunk by the
-letterbox);
-a detection near a followed person's hips (:data:`MATCH_DISTANCE` x its ROI side) is that person,
-one near where a track was lost in the last ``keep_lost`` frames takes that track's id back, any
-other starts a new track (at most ``max_people``). Each track's landmarks are computed in its ROI;
+letterbox); a detection near a followed person's hips (:data:`MATCH_DISTANCE` x its ROI side) is
+that person, one near where a track was lost in the last ``keep_lost`` frames (the demo: a second
+of video, at least 10 frames) takes that track's id back, any other starts a new track (at most
+``max_people``). Each track's landmarks are computed in its ROI;
 a track whose pose-presence score falls below ``min_presence`` ends. Two tracks whose landmark
 boxes overlap by IoU >= :data:`DUPLICATE_IOU` are one person: the younger track ends. Track ids
 are never reused. Which track the demo follows is chosen afterwards (:mod:`hmrmamba.demo.people`).
@@ -48,6 +48,7 @@ ROI_SCALE = 1.25
 NMS_IOU = 0.3
 MATCH_DISTANCE = 0.2
 LOST_SPREAD = 0.1
+MAX_LOST_REACH = 1.0
 DUPLICATE_IOU = 0.6
 AUTO_TILE_ASPECT = 1.2
 
@@ -307,8 +308,8 @@ class PoseTracker:
     none; 0 or None: the whole frame only.
 
     A detection is a followed person when its hips' centre lies within :data:`MATCH_DISTANCE` x
-    the person's ROI side of the person's hips (within ``(MATCH_DISTANCE + LOST_SPREAD x frames
-    lost)`` x side for a lost track).
+    the person's ROI side of the person's hips (within ``min(MATCH_DISTANCE + LOST_SPREAD x frames
+    lost, MAX_LOST_REACH)`` x side for a lost track).
     """
 
     def __init__(self, pose: BlazePose | None = None, *, detect_every: int = 3, max_people: int = 6,
@@ -347,7 +348,8 @@ class PoseTracker:
         best = None
         for track, (seen, old) in self._lost.items():
             gap = self._frame - seen
-            if near(roi, old, MATCH_DISTANCE + LOST_SPREAD * gap) and (best is None or seen > best[1]):
+            if near(roi, old, min(MATCH_DISTANCE + LOST_SPREAD * gap, MAX_LOST_REACH)) and \
+                    (best is None or seen > best[1]):
                 best = (track, seen)
         if best is not None:
             del self._lost[best[0]]
@@ -373,6 +375,7 @@ class PoseTracker:
                              expected="(H, W, 3) uint8 RGB")
         image = Image.fromarray(frame, "RGB")
         rois = dict(self._tracks)
+        lost_before = dict(self._lost)
         if self._frame % self.detect_every == 0 or not rois:
             for roi, _ in self.pose.detect(image, self._tile(frame.shape[:2])):
                 track = self._claim(roi, rois)
@@ -390,9 +393,13 @@ class PoseTracker:
             if all(iou(p.box, q.box) < DUPLICATE_IOU for q in kept):
                 kept.append(p)
         alive = {p.track for p in kept}
-        for track in self._tracks:
-            if track not in alive:
+        for track in rois:
+            if track in alive:
+                continue
+            if track in self._tracks:  # followed until the last frame: lost now
                 self._lost[track] = (self._frame - 1, self._tracks[track])
+            elif track in lost_before:  # a lost track a detection revived, not confirmed: still lost as before
+                self._lost[track] = lost_before[track]
         self._lost = {t: v for t, v in self._lost.items() if self._frame - v[0] <= self.keep_lost and t not in alive}
         self._tracks = {p.track: p.next_roi for p in kept}
         self._frame += 1
@@ -457,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     reader = VideoReader(args.video)
     tracker = PoseTracker(BlazePose(landmark_model=args.landmarks, threads=args.threads), detect_every=args.every,
-                          tile="auto" if args.tile is None else args.tile)
+                          tile="auto" if args.tile is None else args.tile, keep_lost=max(10, round(reader.fps or 0)))
     frames, seconds = [], 0.0
     for frame in reader:
         start = time.perf_counter()

@@ -246,7 +246,9 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     if track is None and detector == "blazepose":
         from hmrmamba.demo.blazepose import FollowOne, PoseTracker
 
-        det = PoseTracker(model_dir=detector_model, tile="auto" if detector_tile is None else detector_tile)
+        # a lost person keeps their id for a second of video (at least 10 frames)
+        det = PoseTracker(model_dir=detector_model, tile="auto" if detector_tile is None else detector_tile,
+                          keep_lost=max(10, round(reader.fps or 0)))
         if online:
             det = FollowOne(det)
     elif track is None:

@@ -8,7 +8,8 @@ import pytest
 
 from hmrmamba.data.synthetic.cameras import push_out_of_frame, sample_camera
 
-KW = dict(image_size=128, distance=(3.5, 6.0), height=(-0.2, 1.2), yaw_deg=(-180, 180), person_fraction=(0.45, 0.8))
+KW = {"image_size": 128, "distance": (3.5, 6.0), "height": (-0.2, 1.2), "yaw_deg": (-180, 180),
+      "person_fraction": (0.45, 0.8)}
 TARGET = np.array([0.2, 0.9, -0.4])
 
 
@@ -38,8 +39,8 @@ def test_pitch_and_roll(angle):
     # pitch: the camera looks further down by `angle`, so the target rises by f tan(angle) in the image
     tilted, _ = camera(3, pitch_deg=(angle, angle))
     u, v = image_of(tilted, TARGET)
-    assert u == pytest.approx(c, abs=1e-6) and v == pytest.approx(c - tilted.intrinsics[1] * np.tan(np.radians(angle)),
-                                                                   abs=1e-6)
+    rise = tilted.intrinsics[1] * np.tan(np.radians(angle))
+    assert u == pytest.approx(c, abs=1e-6) and v == pytest.approx(c - rise, abs=1e-6)
     # roll: the target stays at the centre, every other point turns by `angle` about it
     rolled, _ = camera(3, roll_deg=(angle, angle))
     np.testing.assert_allclose(image_of(rolled, TARGET), [c, c], atol=1e-6)

@@ -8,7 +8,8 @@ Offline (default), in passes over the video so that memory holds per-frame numbe
 2. crop boxes, crops and ResNet-50 features (the features stage's settings), streamed;
 3. the model on 16-frame windows every 8 frames, each keeping its middle 8 (so every frame has 4+
    frames of context each side; :func:`hmrmamba.demo.inference.predict_offline`), or once over the
-   whole sequence for a causal model; per-frame camera translation from the keypoints;
+   whole sequence for a causal model; per-frame camera translation from the keypoints; with
+   ``--smooth`` a Gaussian over time on the outputs (:mod:`hmrmamba.demo.smoothing`);
 4. pictures (overlay + side view) and files.
 
 Online (``--online``, a causal checkpoint): one pass; every frame goes through

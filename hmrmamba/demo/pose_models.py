@@ -57,6 +57,7 @@ def install_dir() -> Path:
 
 
 def _candidates() -> list[Path]:
+    """Where the models are looked for, in order (the last one is the user's cache)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return [Path(env)]
@@ -213,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         path = fetch_models(dest, tarball=args.tarball)
+    except PermissionError as exc:
+        if args.dest:
+            print(f"pose models not installed: {exc}", file=sys.stderr)
+            return 1
+        dest = _candidates()[-1]  # the environment is not writable (a system install): the user's cache
+        try:
+            path = fetch_models(dest, tarball=args.tarball)
+        except (InputError, OSError, subprocess.SubprocessError) as exc2:
+            print(f"pose models not installed: {exc2}", file=sys.stderr)
+            return 1
     except (InputError, OSError, subprocess.SubprocessError) as exc:
         print(f"pose models not installed: {exc}", file=sys.stderr)
         return 1

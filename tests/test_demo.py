@@ -711,7 +711,8 @@ def test_smooth_runs_filters_within_detected_runs_only():
             smooth_runs(x, valid, bad)
 
 
-def test_demo_smooth_equals_smoothing_its_unsmoothed_output(offline_run, project, clip, checkpoints, tmp_path):
+def test_demo_smooth_equals_smoothing_its_unsmoothed_output(offline_run, project, clip, checkpoints, loaded,
+                                                            tmp_path):
     """`--smooth 2` writes what smooth_runs makes of the unsmoothed output, with less jitter; the quality
     report's re-smoothing agrees; `--smooth` with `--online` is refused before any work."""
     from hmrmamba.demo.quality import output_quality
@@ -719,7 +720,7 @@ def test_demo_smooth_equals_smoothing_its_unsmoothed_output(offline_run, project
 
     _, plain = offline_run
     out = tmp_path / "smooth"
-    run_demo(clip["video"], out, checkpoint=checkpoints["tiny"], keypoints=clip["keypoints"], root=project,
+    run_demo(clip["video"], out, inference=loaded["tiny"], keypoints=clip["keypoints"], root=project,
              obj=False, pictures=False, progress=False, smooth=2.0)
     with np.load(plain / "meshes.npz") as a, np.load(out / "meshes.npz") as b:
         for key in ("vertices", "joints", "translation"):

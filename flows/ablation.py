@@ -86,7 +86,8 @@ def plan(params: Mapping[str, Any], rows: Sequence[str] | None, base: str | None
     return variants
 
 
-@flow(name="hmrmamba-ablation", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="hmrmamba-ablation", flow_run_name=common.run_name_from_parameters("ablation", "base", "rows"),
+      task_runner=ThreadPoolTaskRunner(max_workers=8))
 def ablation(root: str | None = None, profile: str | None = None, overrides: list[str] | None = None,
              rows: list[str] | None = None, base: str | None = None, max_parallel: int | None = None,
              prepare_data: bool = True) -> dict[str, dict]:

@@ -115,6 +115,36 @@ def flow_run_id() -> str:
     return str(flow_run.id or "")
 
 
+def params_source(profile: str | None, overrides: Sequence[str] | None) -> str:
+    """Where a flow's params come from, in a few characters: 'params.yaml', or the profile they are composed
+    with ('conf' when not named) and '+N overrides' when there are some."""
+    if profile is None and not overrides:
+        return "params.yaml"
+    base = profile or "conf"
+    return f"{base}+{len(overrides)} override{'s' if len(overrides) > 1 else ''}" if overrides else base
+
+
+def run_name_from_parameters(flow_name: str, *keys: str) -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``<flow>:<params source>[:<value of each key given>]``, from the flow run's
+    parameters (lists joined with commas), e.g. 'ablation:params.yaml:ga,full'."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        try:
+            given = dict(flow_run.parameters)
+            parts = [flow_name, params_source(given.get("profile"), given.get("overrides"))]
+            for key in keys:
+                value = given.get(key)
+                if value:
+                    parts.append(",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+            return ":".join(parts)
+        except Exception:  # noqa: BLE001 - a name must not stop the run; bad parameters fail it inside
+            return flow_name
+
+    return name
+
+
 def label_flow_run(name: str, tags: Sequence[str]) -> None:
     """Rename the flow run in progress and add ``tags`` to it (they keep the tags it has, e.g. a deployment's):
     names made from the parsed params (variant, detector) once they are known. Nothing outside a flow run."""
@@ -207,13 +237,15 @@ def run_graph(graph: Mapping[str, Sequence[str]], stages: Sequence[str], *, root
     Each stage runs in ``root`` with ``params`` as ``label``, unless ``places`` names another place for it
     (another project, other params, DVC's rules: :func:`tasks.stages.run_stage`)."""
     futures: dict[str, PrefectFuture] = {}
+    gated = [s for s in stages if (places or {}).get(s) and places[s].dvc]
     for stage, upstream in graph.items():
         if stage not in stages:
             continue
         at = (places or {}).get(stage) or Place(root, params, label)
         futures[stage] = stage_task(stage).submit(
             stage, root=at.root, params=at.params, label=at.label, tags=tags_for(stage),
-            parent_run_id=parent_run_id, dvc=at.dvc, wait_for=[futures[u] for u in upstream if u in futures])
+            parent_run_id=parent_run_id, dvc=at.dvc, dvc_batch=[s for s in gated if places[s].root == at.root],
+            wait_for=[futures[u] for u in upstream if u in futures])
     wait(list(futures.values()))
     return futures
 

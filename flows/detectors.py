@@ -48,7 +48,8 @@ def plan(params: Mapping[str, Any], detectors: Sequence[str] | None, variant: st
     return out
 
 
-@flow(name="hmrmamba-detectors", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="hmrmamba-detectors", flow_run_name=common.run_name_from_parameters("detectors", "variant", "detectors"),
+      task_runner=ThreadPoolTaskRunner(max_workers=8))
 def detectors(root: str | None = None, profile: str | None = None, overrides: list[str] | None = None,
               detectors: list[str] | None = None, variant: str | None = None, max_parallel: int | None = None,
               prepare_data: bool = True) -> dict[str, dict]:

@@ -5,8 +5,8 @@
     python flows/pipeline.py --stages train_lift train_mesh evaluate -- train_lift.epochs=2
     python flows/pipeline.py --target evaluate     # evaluate and its upstream stages, like dvc repro evaluate
 
-In a DVC project with params.yaml as is, a stage runs only when DVC would run it (``dvc status`` of the
-stage, asked right before it would start), and what ran is recorded in ``dvc.lock``: the flow is
+In a DVC project with params.yaml as is, a stage runs only when DVC would run it (``dvc status``, asked
+again after every stage that ran), and what ran is recorded in ``dvc.lock``: the flow is
 ``dvc repro`` observed in the Prefect UI, and leaves ``dvc status`` clean for what it ran. Up-to-date stages
 end ``Cached`` ("up to date in DVC"). Composed params (``--profile``/overrides) run in a scratch project
 ``outputs/flows/pipeline/<profile>[-<overrides digest>]/``, so the project's DVC-tracked outputs never hold
@@ -91,19 +91,11 @@ def what_runs(stages: Sequence[str] | None, target: str | None) -> str:
     return ",".join(stages) if stages else "all"
 
 
-def params_source(profile: str | None, overrides: Sequence[str] | None) -> str:
-    """'params.yaml', or the profile the params are composed with, '+N overrides' when there are some."""
-    if profile is None and not overrides:
-        return "params.yaml"
-    base = profile or "params.yaml profile"
-    return f"{base}+{len(overrides)} override{'s' if len(overrides) > 1 else ''}" if overrides else base
-
-
 def run_name(*, variant: str | None = None, detector: str | None = None, **parameters: Any) -> str:
     """The flow run's name: ``pipeline:<variant>:<detector>:<params source>:<stages>`` (the first two once the
     params are read)."""
     parts = ["pipeline", *(p for p in (variant, detector) if p),
-             params_source(parameters.get("profile"), parameters.get("overrides")),
+             common.params_source(parameters.get("profile"), parameters.get("overrides")),
              what_runs(parameters.get("stages"), parameters.get("target"))]
     return ":".join(parts)
 
@@ -240,7 +232,8 @@ def pipeline(root: str | None = None, profile: str | None = None, overrides: lis
     expt = {"variant": str(exp["variant"]), "detector2d": str(exp["detector"])}
     prefect_tags = ["hmrmamba", "flow:pipeline", f"variant:{exp['variant']}", f"detector:{exp['detector']}",
                     f"profile:{params.get('profile', 'default')}", f"mode:{plan.mode}"]
-    common.label_flow_run(run_name(variant=str(exp["variant"]), detector=str(exp["detector"]), profile=profile,
+    common.label_flow_run(run_name(variant=str(exp["variant"]), detector=str(exp["detector"]),
+                                   profile=profile or (str(params.get("profile", "default")) if composed else None),
                                    overrides=overrides, stages=stages, target=target), prefect_tags)
 
     def tags_for(stage: str) -> dict[str, str]:  # the model's tags on the stages that train or test it

@@ -35,7 +35,8 @@ def variants(plan: R.Plan) -> list[common.Variant]:
             for r in plan.runs()]
 
 
-@flow(name="hmrmamba-results", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="hmrmamba-results", flow_run_name=common.run_name_from_parameters("results"),
+      task_runner=ThreadPoolTaskRunner(max_workers=8))
 def results(root: str | None = None, profile: str | None = None, overrides: list[str] | None = None,
             max_parallel: int | None = None, prepare_data: bool = True) -> str:
     """Train the runs of the ``results`` plan that have not finished, then write the document -> its path.

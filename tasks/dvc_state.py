@@ -4,12 +4,13 @@ A flow asks DVC, right before a stage would run, whether ``dvc repro`` would run
 ``dvc status STAGE``); when it would, the flow does what ``dvc repro`` does around the stage's command:
 removes the stage's outputs that are not ``persist: true`` (:func:`clear_outputs`), runs the stage, then
 records its dependencies, params and outputs in ``dvc.lock`` and the cache (:func:`record`:
-``dvc commit --force STAGE``). Asking just before each stage (not once up front) matters: a stage whose
-inputs an upstream stage has just rewritten is stale only from then on, as in ``dvc repro``.
+``dvc commit --force STAGE``). A stage's answer is only good until another stage runs: a stage whose inputs an
+upstream stage has just rewritten is stale only from then on, as in ``dvc repro``; so answers are asked for
+in one batch and forgotten when a stage of the project is cleared or recorded.
 
 DVC runs as its command line (``python -m dvc`` of this interpreter, in the project directory): its Python
 internals resolve paths against the working directory, which a flow's worker thread must not change.
-Each call costs ~2 s (DVC's import), small beside a stage.
+Each call costs 2-4 s (mostly DVC's import), small beside a stage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +111,38 @@ def _describe(entry: Any) -> str:
     return str(entry)
 
 
-def stale_reasons(root: Path, stage: str) -> list[str]:
-    """What ``dvc status STAGE`` reports in ``root`` (one line per change) -> [] when it is up to date."""
-    status = json.loads(dvc(root, "status", "--json", stage) or "{}")
-    return [_describe(e) for entries in status.values() for e in (entries or ())]
+#: ``dvc status`` answers per (project, flow run): {"asked": stages, "status": {stage: entries}}. Valid until
+#: a stage of that project is cleared or recorded: only a stage that runs changes what DVC sees.
+_ANSWERS: dict[tuple[Path, str], dict[str, Any]] = {}
+_ANSWERS_LOCK = threading.Lock()
+
+
+def stale_reasons(root: Path, stage: str, *, batch: Sequence[str] = (), token: str = "") -> list[str]:
+    """What ``dvc status STAGE`` reports in ``root`` (one line per change) -> [] when it is up to date.
+
+    ``batch`` (with a ``token``, e.g. the flow run's id): other stages to ask about in the same ``dvc status``
+    call; their answers serve later calls with the same token until :func:`clear_outputs` or :func:`record`
+    changes the project. A flow whose stages are all up to date thus costs one ``dvc status``, not one per
+    stage.
+    """
+    key = (Path(root).resolve(), token)
+    with _ANSWERS_LOCK:
+        known = _ANSWERS.get(key) if token else None
+    if known is None or stage not in known["asked"]:
+        targets = [stage, *(s for s in batch if s != stage)] if token else [stage]
+        known = {"asked": set(targets), "status": json.loads(dvc(root, "status", "--json", *targets) or "{}")}
+        if token:
+            with _ANSWERS_LOCK:
+                _ANSWERS[key] = known
+    return [_describe(e) for e in (known["status"].get(stage) or ())]
+
+
+def _forget(root: Path) -> None:
+    """Drop the remembered answers for ``root`` (a stage there is about to change it)."""
+    where = Path(root).resolve()
+    with _ANSWERS_LOCK:
+        for key in [k for k in _ANSWERS if k[0] == where]:
+            del _ANSWERS[key]
 
 
 def _outputs(definition: Mapping[str, Any]) -> list[tuple[str, bool]]:
@@ -130,6 +160,7 @@ def _outputs(definition: Mapping[str, Any]) -> list[tuple[str, bool]]:
 def clear_outputs(root: Path, stage: str) -> list[str]:
     """Remove the stage's outputs that ``dvc repro`` removes before running it (all but ``persist: true``)
     -> the paths removed."""
+    _forget(root)
     removed = []
     for rel, persist in _outputs(pipeline_stages(root).get(stage, {})):
         path = Path(root) / rel
@@ -145,4 +176,5 @@ def clear_outputs(root: Path, stage: str) -> list[str]:
 
 def record(root: Path, stage: str) -> None:
     """Record the stage's current deps, params and outputs in ``dvc.lock`` and the cache (``dvc commit -f``)."""
+    _forget(root)
     dvc(root, "commit", "--force", "--quiet", stage)

@@ -67,12 +67,15 @@ UP_TO_DATE = "up to date in DVC (dvc status), not run"
 @task(name="stage", task_run_name="{stage} [{label}]", cache_policy=NO_CACHE,
       retry_condition_fn=_retry_unless_bad_input, retry_delay_seconds=RETRY_DELAY_S)
 def run_stage(stage: str, *, root: Path, params: Mapping[str, Any], label: str = "main",
-              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None, dvc: bool = False) -> Any:
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None, dvc: bool = False,
+              dvc_batch: Sequence[str] = ()) -> Any:
     """Run one stage in project ``root`` with ``params`` -> its metrics (also in ``metrics/<stage>.json``).
 
     ``dvc=True`` (``root`` is a DVC project and ``params`` are its params.yaml): only when ``dvc status STAGE``
     reports a change; the outputs ``dvc repro`` would remove are removed first and the stage is recorded in
     ``dvc.lock`` after it ran. An up-to-date stage returns the metrics it left in ``metrics/<stage>.json``.
+    ``dvc_batch``: the flow run's other DVC-gated stages, asked about in the same ``dvc status`` call
+    (:func:`tasks.dvc_state.stale_reasons`).
     """
     import json
     import time
@@ -92,7 +95,9 @@ def run_stage(stage: str, *, root: Path, params: Mapping[str, Any], label: str =
     with observe.forward_logs(stage):
         log = get_run_logger()
         if dvc:
-            reasons = dvc_state.stale_reasons(root, stage)
+            from prefect.runtime import flow_run
+
+            reasons = dvc_state.stale_reasons(root, stage, batch=dvc_batch, token=str(flow_run.id or ""))
             if not reasons:
                 log.info("%s: %s", stage, UP_TO_DATE)
                 path = Layout(root).metrics(stage)

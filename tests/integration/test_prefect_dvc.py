@@ -49,8 +49,10 @@ def _git(root: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory, make_project, prefect_server):
-    """A tiny git + DVC project (dvc.yaml and the package sources its stages depend on) -> root."""
+def dvc_project(tmp_path_factory, make_project, flow_project):
+    """A tiny git + DVC project (dvc.yaml and the package sources its stages depend on) whose data stages are
+    up to date -> root. Their outputs are the session's flow project's (same params), recorded with
+    ``dvc commit``: cheaper than making them again."""
     root = make_project(tmp_path_factory.mktemp("prefect-dvc") / "project")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(ROOT / "hmrmamba", root / "hmrmamba", ignore=shutil.ignore_patterns("__pycache__"))
@@ -60,6 +62,11 @@ def dvc_project(tmp_path_factory, make_project, prefect_server):
     _dvc(root, "init", "-q")
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "tiny project")
+    made, _ = flow_project
+    assert (made / "params.yaml").read_text() == (root / "params.yaml").read_text()
+    for name in ("data/body_model", "data/prepared", "data/detections", "metrics"):
+        shutil.copytree(made / name, root / name)
+    _dvc(root, "commit", "--force", "--quiet", *DATA)
     return root
 
 
@@ -73,33 +80,25 @@ def test_the_flow_runs_only_what_dvc_would_run_and_leaves_dvc_status_clean(dvc_p
     from tasks.stages import UP_TO_DATE
 
     root = dvc_project
-    with own_mlflow_env():
-        first = pipeline(root=str(root), target="detect2d", return_state=True)
-    assert first.is_completed(), first.message
-    runs = _task_runs(first.state_details.flow_run_id)
-    assert {n: r.state.name for n, r in runs.items()} == {f"{s} [main]": "Completed" for s in DATA}
-    assert json.loads(_dvc(root, "status", "--json", *DATA)) == {}  # what ran is recorded in dvc.lock
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert set(lock) == set(DATA)
-
+    assert json.loads(_dvc(root, "status", "--json", *DATA)) == {}
     before = _stamps(root)
     with own_mlflow_env():
-        second = pipeline(root=str(root), target="detect2d", return_state=True)
-    assert second.is_completed(), second.message
-    runs = _task_runs(second.state_details.flow_run_id)
+        up_to_date = pipeline(root=str(root), target="detect2d", return_state=True)
+    assert up_to_date.is_completed(), up_to_date.message
+    runs = _task_runs(up_to_date.state_details.flow_run_id)
     assert {n: (r.state.name, r.state.message) for n, r in runs.items()} == {
         f"{s} [main]": ("Cached", UP_TO_DATE) for s in DATA}
     assert _stamps(root) == before  # nothing was rewritten
     assert json.loads(_dvc(root, "status", "--json", *DATA)) == {}
-    assert second.result()["detect2d"] == json.loads((root / "metrics/detect2d.json").read_text())
+    assert up_to_date.result()["detect2d"] == json.loads((root / "metrics/detect2d.json").read_text())
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["detect2d"]["noise_scale"] = 3.0
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with own_mlflow_env():
-        third = pipeline(root=str(root), target="detect2d", return_state=True)
-    assert third.is_completed(), third.message
-    runs = _task_runs(third.state_details.flow_run_id)
+        changed = pipeline(root=str(root), target="detect2d", return_state=True)
+    assert changed.is_completed(), changed.message
+    runs = _task_runs(changed.state_details.flow_run_id)
     assert {n: r.state.name for n, r in runs.items()} == {
         "body_model [main]": "Cached", "prepare [main]": "Cached", "detect2d [main]": "Completed"}
     after = _stamps(root)
@@ -245,3 +244,26 @@ def test_deployments_are_described_with_their_parameters(tmp_path):
     for dep in deps.values():  # the comparison flows too
         assert dep.description and "hmrmamba" in dep.tags
         assert all(v.get("description") for v in dep._parameter_openapi_schema.properties.values()), dep.flow_name
+
+
+def test_dvc_is_asked_once_per_flow_run_until_a_stage_changes_the_project(dvc_project, monkeypatch):
+    from tasks import dvc_state
+
+    root, calls = dvc_project, []
+    real = dvc_state.dvc
+    monkeypatch.setattr(dvc_state, "dvc", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    assert dvc_state.stale_reasons(root, "body_model", batch=DATA, token="run-1") == []
+    assert dvc_state.stale_reasons(root, "detect2d", batch=DATA, token="run-1") == []
+    assert calls == ["status"]  # one `dvc status` answered both
+    saved = (root / "params.yaml").read_text()
+    params = yaml.safe_load(saved)
+    params["detect2d"]["noise_scale"] = 0.5
+    try:
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert dvc_state.stale_reasons(root, "detect2d", batch=DATA, token="run-1") == []  # still the answer
+        dvc_state.record(root, "body_model")  # a stage ran: answers are forgotten
+        reasons = dvc_state.stale_reasons(root, "detect2d", batch=DATA, token="run-1")
+        assert calls == ["status", "commit", "status"]
+        assert reasons == ["changed deps: params.yaml (detect2d modified)"]
+    finally:
+        (root / "params.yaml").write_text(saved)

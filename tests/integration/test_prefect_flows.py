@@ -125,6 +125,12 @@ def test_unknown_variant_or_detector_fails_before_any_work(flow_project, task_ru
     with pytest.raises(InputError, match=match):
         state.result()
     assert task_runs(state.state_details.flow_run_id) == {}
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # named after what it was asked to run
+        assert client.read_flow_run(state.state_details.flow_run_id).name == {
+            "ablation": "ablation:params.yaml:full,nope", "detectors": "detectors:params.yaml:gt,openpose",
+            "pipeline": "pipeline:conf+1 override:all", "ablation-base": "ablation:params.yaml:mlp:ga"}[call]
     after = sorted(p.name for p in (root / "outputs/flows").glob("*/*")) if (root / "outputs").exists() else []
     assert after == before
     assert Layout(root).metrics("evaluate").stat().st_mtime_ns == stamp

@@ -146,7 +146,7 @@ def test_dvc_repro_runs_every_stage_once_and_reruns_only_downstream_of_a_change(
 
     mlflow.set_tracking_uri(local_store_uri(root))
     runs = mlflow.search_runs(experiment_names=["train_mesh"], order_by=["attributes.start_time ASC"])
-    assert list(runs["params.lr"].astype(float)) == [1e-3, 2e-3]
+    assert list(runs["params.train_mesh.lr"].astype(float)) == [1e-3, 2e-3]
     assert set(runs["tags.variant"]) == {"tiny"} and set(runs["tags.detector2d"]) == {"cpn"}
     evals = mlflow.search_runs(experiment_names=["evaluate"])
     nested = evals[evals["tags.mlflow.parentRunId"].notna()]

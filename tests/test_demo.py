@@ -796,7 +796,8 @@ def test_tracker_keeps_a_lost_id_through_an_unconfirmed_revival():
     assert ids == [[0], [], [], [0], [], [], [1]]
 
 
-def test_info_names_the_detector(pose_models, tmp_path, capsys, monkeypatch):
+def test_info_names_the_detector(pose_models, project, loaded, tmp_path, capsys, monkeypatch):
+    """`hmrmamba info` says which detector is ready; without the models, it and the demo say how to get them."""
     from hmrmamba.cli import main
     from hmrmamba.demo.pose_models import ENV_VAR, model_status
 
@@ -806,3 +807,6 @@ def test_info_names_the_detector(pose_models, tmp_path, capsys, monkeypatch):
     assert "blazepose (MediaPipe Pose" in line and str(pose_models) in line
     monkeypatch.setenv(ENV_VAR, str(tmp_path))  # an empty folder: says so, and how to install
     assert model_status().startswith("blazepose unavailable") and "python -m hmrmamba.demo.pose_models" in model_status()
+    (tmp_path / "run").mkdir()
+    _fails_cleanly(tmp_path / "run", "not installed.*python -m hmrmamba.demo.pose_models", video=REAL_CLIP,
+                   inference=loaded["tiny"], detector="blazepose", root=project)

@@ -556,7 +556,12 @@ def cli_call(prog: str, flow_fn: Callable[..., Any], **kwargs: Any) -> int:
 
     try:
         with flow_server():
-            flow_fn(**kwargs)
+            try:
+                flow_fn(**kwargs)
+            finally:  # the run's last log lines reach the server before it stops
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=5)
     except ServerStartError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -635,6 +635,12 @@ def test_real_clip_people_are_tracked_and_ranked(real_people):
     assert gap > 100  # two different people, far apart in the 640 px frame
     with pytest.raises(InputError, match="--person"):
         select_person(real_people, len(ranking))
+    # the keypoints are a standing body in H36M-17 order: head above thorax above pelvis above the ankles
+    for track in (first, second):
+        kp = track.keypoints[track.detected]
+        ys = {j: kp[:, j, 1] for j in (10, 8, 0, 3, 6)}  # head, thorax, pelvis, right and left ankle
+        upright = (ys[10] < ys[8]) & (ys[8] < ys[0]) & (ys[0] < np.minimum(ys[3], ys[6]))
+        assert upright.mean() >= 0.9, upright.mean()
 
 
 def test_real_video_demo_with_blazepose(project, checkpoints, pose_models, tmp_path, capsys, monkeypatch):

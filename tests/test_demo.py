@@ -674,6 +674,7 @@ def test_real_video_demo_with_blazepose(project, checkpoints, pose_models, tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["detector"] == "blazepose" and summary["detected_frames"] == int(det.sum())
     assert main([*args, "--out", str(out), "--person", "-1"]) == 2  # refused before any work
+    assert main([*args, "--out", str(out), "--person", "1", "--online"]) == 2  # online cannot rank a whole video
     assert (out / "meshes.npz").is_file()
 
 

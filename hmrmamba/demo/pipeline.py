@@ -230,6 +230,10 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
                          expected="--keypoints F.npz with keypoints (N, 17, 2) px, or --detector blazepose")
     if person is not None and (isinstance(person, bool) or not isinstance(person, (int, np.integer)) or person < 0):
         raise InputError(f"--person {person!r}", field="--person", expected="an integer >= 0 (0 = the most prominent)")
+    if person is not None and online:
+        raise InputError(f"--person {person} with --online", field="--person",
+                         expected="offline (the ranking needs the whole video); online follows the most prominent "
+                                  "person in view")
     _check_options(render_size, focal, batch_size)
     from hmrmamba.demo.smoothing import check_sigma, smooth_runs
 

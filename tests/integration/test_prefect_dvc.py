@@ -50,8 +50,8 @@ def _git(root: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory, make_project, flow_project):
-    """A tiny git + DVC project (dvc.yaml and the package sources its stages depend on) whose data stages are
-    up to date -> root. Their outputs are the session's flow project's (same params), recorded with
+    """A tiny git + DVC project (dvc.yaml and the package sources its stages depend on) whose data stages
+    (features included) are up to date -> root. Their outputs are the session's flow project's (same params), recorded with
     ``dvc commit``: cheaper than making them again."""
     root = make_project(tmp_path_factory.mktemp("prefect-dvc") / "project")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
@@ -64,15 +64,44 @@ def dvc_project(tmp_path_factory, make_project, flow_project):
     _git(root, "commit", "-q", "-m", "tiny project")
     made, _ = flow_project
     assert (made / "params.yaml").read_text() == (root / "params.yaml").read_text()
-    for name in ("data/body_model", "data/prepared", "data/detections", "metrics"):
+    for name in ("data/body_model", "data/prepared", "data/detections", "data/features", "metrics"):
         shutil.copytree(made / name, root / name)
-    _dvc(root, "commit", "--force", "--quiet", *DATA)
+    _dvc(root, "commit", "--force", "--quiet", *DATA, "features")
     return root
 
 
 def _stamps(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns
             for d in ("data", "metrics") for p in (root / d).rglob("*") if p.is_file()}
+
+
+def _tiny(make_project) -> list[str]:
+    """The overrides the tiny projects are composed with (conftest's TINY, make_project's default)."""
+    import inspect
+
+    return list(inspect.signature(make_project).parameters["overrides"].default)
+
+
+def test_overrides_run_in_a_scratch_project_beside_the_projects_up_to_date_data(dvc_project, make_project,
+                                                                                own_mlflow_env):
+    from flows.pipeline import pipeline
+
+    root = dvc_project
+    before, lock = _stamps(root), (root / "dvc.lock").read_text()
+    # a stage-1 override: the data stages' params are params.yaml's, so they stay in the project (up to date)
+    with own_mlflow_env():
+        state = pipeline(root=str(root), target="train_lift", return_state=True,
+                         overrides=[*_tiny(make_project), "train_lift.lr=0.002"])
+    assert state.is_completed(), state.message
+    (scratch,) = (root / "outputs/flows/pipeline").iterdir()
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert {n: r.state.name for n, r in runs.items()} == {
+        **{f"{s} [main]": "Cached" for s in (*DATA, "features")}, f"train_lift [{scratch.name}]": "Completed"}
+    assert scratch.name.startswith("default-") and (scratch / "data").resolve() == (root / "data").resolve()
+    assert yaml.safe_load((scratch / "params.yaml").read_text())["train_lift"]["lr"] == 0.002
+    assert (scratch / "models/lift/best.pt").is_file() and not (root / "models").exists()
+    assert _stamps(root) == before and (root / "dvc.lock").read_text() == lock
+    assert json.loads(_dvc(root, "status", "--json", *DATA, "features")) == {}
 
 
 def test_the_flow_runs_only_what_dvc_would_run_and_leaves_dvc_status_clean(dvc_project, own_mlflow_env):
@@ -107,36 +136,6 @@ def test_the_flow_runs_only_what_dvc_would_run_and_leaves_dvc_status_clean(dvc_p
     assert json.loads(_dvc(root, "status", "--json", *DATA)) == {}
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert lock["detect2d"]["params"]["params.yaml"]["detect2d"]["noise_scale"] == 3.0
-
-
-def _tiny(make_project) -> list[str]:
-    """The overrides the tiny projects are composed with (conftest's TINY, make_project's default)."""
-    import inspect
-
-    return list(inspect.signature(make_project).parameters["overrides"].default)
-
-
-def test_overrides_leave_the_project_alone_and_share_its_up_to_date_data(dvc_project, make_project,
-                                                                         own_mlflow_env):
-    from flows.pipeline import pipeline
-
-    root = dvc_project
-    if not (root / "dvc.lock").is_file():
-        pytest.skip("needs the data stages of the test above")
-    before, lock = _stamps(root), (root / "dvc.lock").read_text()
-    noise = yaml.safe_load((root / "params.yaml").read_text())["detect2d"]["noise_scale"]
-    # a stage-1 override: the data stages' params are params.yaml's, so they stay in the project (up to date)
-    with own_mlflow_env():
-        state = pipeline(root=str(root), target="detect2d", return_state=True,
-                         overrides=[*_tiny(make_project), f"detect2d.noise_scale={noise}", "train_lift.lr=0.002"])
-    assert state.is_completed(), state.message
-    runs = _task_runs(state.state_details.flow_run_id)
-    assert {n: r.state.name for n, r in runs.items()} == {f"{s} [main]": "Cached" for s in DATA}
-    (scratch,) = (root / "outputs/flows/pipeline").iterdir()
-    assert scratch.name.startswith("default-") and (scratch / "data").resolve() == (root / "data").resolve()
-    assert yaml.safe_load((scratch / "params.yaml").read_text())["train_lift"]["lr"] == 0.002
-    assert _stamps(root) == before and (root / "dvc.lock").read_text() == lock
-    assert json.loads(_dvc(root, "status", "--json", *DATA)) == {}
 
 
 def test_params_that_change_the_data_put_every_stage_in_a_scratch_project(dvc_project, make_project):

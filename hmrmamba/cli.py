@@ -230,10 +230,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       online=args.online, ply=args.ply, obj=not args.no_obj, pictures=not args.no_pictures,
                       render_size=args.render_size,
                       focal=args.focal, detector_model=args.detector_model, progress=not args.quiet,
-                      person=args.person, detector_tile=args.detector_tile, smooth=args.smooth)
+                      person=args.person, detector_tile=args.detector_tile, smooth=args.smooth,
+                      align_features=not args.no_feature_align, fit=args.fit)
     for line in result.people:
         print(line)
     print(summary_line(result))
+    if result.fit:
+        print(f"body model fitted: {result.fit}; wrote animation.bvh, animation_rig.glb")
     return 0
 
 
@@ -348,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian smoothing over time of the outputs, SIGMA frames (offline; default 0: none)")
     p.add_argument("--online", action="store_true", help="stream frame by frame (a causal checkpoint, e.g. tiny-online)")
+    p.add_argument("--no-feature-align", action="store_true",
+                   help="use the video's image features as they are (default: moved to the training features' "
+                        "per-channel moments, docs/demo.md)")
+    p.add_argument("--fit", action="store_true",
+                   help="also fit the body model to the meshes and write animation.bvh and animation_rig.glb "
+                        "(as `hmrmamba fit OUT`)")
     p.add_argument("--ply", action="store_true", help="also write per-frame PLY files")
     p.add_argument("--no-obj", action="store_true", help="do not write per-frame OBJ files")
     p.add_argument("--no-pictures", action="store_true", help="no overlay video, contact sheet or side view")

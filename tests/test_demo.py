@@ -116,6 +116,40 @@ def offline_run(project, clip, checkpoints, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------- outputs
 
 
+def test_features_are_aligned_to_the_training_split_and_the_fit_writes_the_animation(project, clip, checkpoints,
+                                                                                      tmp_path):
+    """With the project's training features present, the video's features are moved to their moments
+    (summary.json says so, the meshes change); without them or with align_features=False they are not.
+    fit=True adds the body-model fit and the BVH / skinned GLB."""
+    import h5py
+    import json
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(project, root)
+    train = Layout(root).features("train")
+    train.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(train, "w") as fh:  # training features far from what the backbone gives on this clip
+        fh["features"] = np.random.default_rng(0).normal(5.0, 0.1, size=(64, 2048)).astype(np.float16)
+    runs = {}
+    for align in (True, False):
+        out = tmp_path / f"align_{align}"
+        runs[align] = run_demo(clip["video"], out, checkpoint=checkpoints["tiny"], keypoints=clip["keypoints"],
+                               root=root, pictures=False, obj=False, progress=False, align_features=align,
+                               fit=align)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["feature_alignment"] == ("training-split moments (64 frames)" if align else "off")
+    with np.load(tmp_path / "align_True" / "meshes.npz") as a, np.load(tmp_path / "align_False" / "meshes.npz") as b:
+        assert np.abs(a["vertices"] - b["vertices"]).max() > 1e-4  # the model reads the moved features
+        assert a["fit_pose"].shape == (FRAMES, 24, 3) and a["fit_error_mm"].shape == (FRAMES,)
+        assert "fit_pose" not in b.files
+    assert runs[True].fit and "vertex error" in runs[True].fit and runs[False].fit is None
+    assert {"animation.bvh", "animation_rig.glb"} <= set(runs[True].files)
+    assert (tmp_path / "align_True" / "animation_rig.glb").stat().st_size > 0
+
+
+
+
 def test_demo_writes_meshes_files_and_pictures(offline_run, project):
     result, out = offline_run
     assert result.frames == FRAMES and result.detected == FRAMES and result.fps > 0

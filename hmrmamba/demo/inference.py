@@ -37,7 +37,8 @@ class Inference:
     backbone: the prepared (BN-fused) ResNet-50; crop_size, bbox_scale: as in the features stage;
     faces (F, 3) int64: the body model's triangles; vertex_colors (V, 3) in [0, 1]: part colours from
     its skinning weights; weights_note: where the backbone weights came from; map_layer: the backbone
-    stage whose feature maps the model's GA samples (None: the model samples none).
+    stage whose feature maps the model's GA samples (None: the model samples none);
+    feature_reference: the training features' moments that offline videos are aligned to.
     """
 
     model: Any
@@ -51,6 +52,9 @@ class Inference:
     vertex_colors: np.ndarray
     weights_note: str
     map_layer: str | None = None
+    #: the training split's feature moments, for :func:`hmrmamba.features.alignment.align_to` (None: the
+    #: project has no features file of the model's training split)
+    feature_reference: Any = None
 
     @property
     def causal(self) -> bool:
@@ -81,6 +85,7 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     from hmrmamba.config import find_project_root, load_params
     from hmrmamba.settings import parse_settings
     from hmrmamba.features.backbone import build_backbone
+    from hmrmamba.features.alignment import read_feature_moments
     from hmrmamba.features.extract import prepare_model
     from hmrmamba.render.scene import part_colors
     from hmrmamba.train.checkpoint import load_checkpoint
@@ -126,11 +131,13 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     body = load_body_arrays(layout.body_model)
     colors = part_colors(torch.as_tensor(body["weights"], dtype=torch.float32)).numpy()
+    train_features = layout.features(settings.train_mesh.train_split)
+    reference = read_feature_moments(train_features) if train_features.is_file() else None
     return Inference(model=model, checkpoint=checkpoint, variant=variant,
                      window=int(train.get("window", model_cfg.get("max_frames", 16))),
                      backbone=prepare_model(backbone), crop_size=fs.crop_size,
                      bbox_scale=fs.bbox_scale, faces=body["f"].astype(np.int64),
-                     vertex_colors=colors, weights_note=note, map_layer=map_layer)
+                     vertex_colors=colors, weights_note=note, map_layer=map_layer, feature_reference=reference)
 
 
 def choose_supersample(box_size: float, crop_size: int) -> int:

@@ -98,6 +98,8 @@ class DemoResult:
     fps: float
     files: list[str] = field(default_factory=list)
     people: list[str] = field(default_factory=list)
+    #: the body-model fit's one-line summary (``fit=True``), else None
+    fit: str | None = None
 
 
 def _check_out_dir(out: Path) -> None:
@@ -168,8 +170,9 @@ def _detect_people(reader, tracker, timer: StepTimer, progress: bool, person: in
     return track, lines, chosen, people.count
 
 
-def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: int):
-    """-> (Predictions, SequenceInputs) for the whole video."""
+def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: int, align: bool = True):
+    """-> (Predictions, SequenceInputs) for the whole video. ``align``: move the video's image features to
+    the training features' moments (:mod:`hmrmamba.features.alignment`) when the project has them."""
     from hmrmamba.demo.inference import SequenceInputs, predict_offline, sequence_inputs
     from hmrmamba.demo.keypoints import fill_undetected
 
@@ -187,6 +190,10 @@ def _offline(inf, reader, track, timer: StepTimer, progress: bool, batch_size: i
     inputs = SequenceInputs(**{k: np.concatenate([getattr(p, k) for p in parts])
                                for k in ("kp2d", "conf", "feats", "boxes")},
                             spatial=np.concatenate([p.spatial for p in parts]) if inf.map_layer else None)
+    if align and inf.feature_reference is not None:
+        from hmrmamba.features.alignment import align_to
+
+        inputs.feats = align_to(inputs.feats, inf.feature_reference, use=np.asarray(track.detected, bool))
     with timer.step("model"):
         pred = predict_offline(inf, inputs)
     return pred, inputs
@@ -198,7 +205,8 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
              focal: float | None = None,
              root: str | Path | None = None, inference=None, detector_model: str | Path | None = None,
              progress: bool = True, batch_size: int = 16, person: int | None = None,
-             detector_tile: int | None = None, smooth: float = 0.0) -> DemoResult:
+             detector_tile: int | None = None, smooth: float = 0.0, align_features: bool = True,
+             fit: bool = False) -> DemoResult:
     """Meshes, pictures and files for ``video`` (a video file or a folder of frames) in ``out``.
 
     ``detector``: ``"keypoints"`` (needs ``keypoints``, an npz), ``"blazepose"`` (MediaPipe Pose's
@@ -208,7 +216,11 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
     that many frames on the outputs, within runs of detected frames (offline only,
     :mod:`hmrmamba.demo.smoothing`); ``inference``: an already loaded :class:`hmrmamba.demo.inference.Inference` (else it is
     loaded from ``checkpoint``, default the train_mesh stage's ``best.pt`` under ``root``);
-    ``pictures=False`` skips the overlay video and the PNGs, ``obj``/``ply`` the per-frame meshes.
+    ``pictures=False`` skips the overlay video and the PNGs, ``obj``/``ply`` the per-frame meshes;
+    ``align_features``: (offline) move the video's image features to the training split's per-channel
+    moments (:mod:`hmrmamba.features.alignment`; off, or without the project's training features, the
+    raw features are used); ``fit``: afterwards fit the body model to the meshes and write
+    ``animation.bvh`` and ``animation_rig.glb`` (:func:`hmrmamba.demo.rig_export.fit_and_export`).
     Raises ``InputError`` for an unreadable or empty video, no person detected, a wrong checkpoint,
     a missing extra, or an existing ``out`` that is not a demo output; ``out`` is then untouched.
     """
@@ -276,7 +288,7 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
                 track, people_lines, chosen, count = _detect_people(reader, det, timer, progress, person)
             elif track is None:
                 track = _detect(reader, det, timer, progress)
-            pred, _ = _offline(inference, reader, track, timer, progress, batch_size)
+            pred, _ = _offline(inference, reader, track, timer, progress, batch_size, align_features)
             pred_v, pred_j, pred_p = pred.vertices, pred.joints, pred.pose3d
             with timer.step("camera"):
                 rel = pred_j - pred_j[:, :1]
@@ -335,11 +347,31 @@ def run_demo(video: str | Path, out: str | Path, *, checkpoint: str | Path | Non
             "video": str(video), "frames": n, "detected_frames": int(detected.sum()), "fps_video": reader.fps,
             "image_size": list(reader.size), "checkpoint": str(inference.checkpoint), "variant": inference.variant,
             "mode": "online" if online else "offline", "detector": detector, "smooth": smooth,
+            "feature_alignment": _alignment_note(inference, online, align_features),
             "backbone_weights": inference.weights_note, "seconds": seconds, "people": people_lines,
             "person_jumps": [int(i) for i in np.flatnonzero(person_jump)],
             "frames_per_second": round(fps, 3), "camera": [float(c) for c in camera]})
+    fit_line = None
+    if fit:  # on the finished folder: fit_and_export replaces its files atomically or leaves them as they are
+        from hmrmamba.config import find_project_root
+        from hmrmamba.demo.rig_export import fit_and_export
+        from hmrmamba.layout import Layout
+
+        body_model = Layout(find_project_root() if root is None else Path(root)).body_model
+        exported = fit_and_export(out, body_model)
+        fit_line = exported.summary()
+        files += [p.name for p in exported.files if p.name != "meshes.npz"]
     return DemoResult(out_dir=out, frames=n, detected=int(detected.sum()), seconds=seconds, fps=fps, files=files,
-                      people=people_lines)
+                      people=people_lines, fit=fit_line)
+
+
+def _alignment_note(inference, online: bool, align: bool) -> str:
+    """What was done to the video's image features, for summary.json."""
+    if online or not align:
+        return "off" if align is False else "off (--online streams: no clip moments)"
+    ref = inference.feature_reference
+    return "off (no training features in the project)" if ref is None else \
+        f"training-split moments ({ref.frames} frames)"
 
 
 def _person_fields(track, chosen, count, det) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

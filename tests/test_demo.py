@@ -470,12 +470,13 @@ def test_offline_windows_cover_every_frame_once_in_order(keep, n):
     class Echo(torch.nn.Module):  # pose3d = (frame index, its position in the window, 0)
         causal = False
 
-        def forward(self, kp2d, conf, feats, spatial=None, lift_only=False):
+        def forward(self, kp2d, conf, feats, spatial=None, lift_only=False, decode_frames=None):
             b, t = kp2d.shape[:2]
             pos = torch.arange(t, dtype=torch.float32).view(1, t, 1).expand(b, t, 17)
             pose = torch.stack([kp2d[..., 0], pos, torch.zeros_like(pos)], -1)
             seen_context.append(t)
-            return HMROutput(pose3d=pose, joints=pose, vertices=pose[:, :, :5])
+            mesh = pose if decode_frames is None else pose[:, decode_frames]  # only the decoded frames
+            return HMROutput(pose3d=pose, joints=mesh, vertices=mesh[:, :, :5])
 
     inf = Inference(model=Echo(), checkpoint=Path("x.pt"), variant="echo", window=16, backbone=None, crop_size=32,
                     bbox_scale=1.2, faces=np.zeros((1, 3), np.int64), vertex_colors=np.zeros((5, 3)),
@@ -486,6 +487,8 @@ def test_offline_windows_cover_every_frame_once_in_order(keep, n):
                                                feats=np.zeros((n, 2048), np.float32), boxes=np.zeros((n, 4))),
                            keep=keep)
     np.testing.assert_array_equal(pred.pose3d[:, 0, 0], idx)
+    np.testing.assert_array_equal(pred.joints, pred.pose3d)  # meshes from the same frames as the poses
+    np.testing.assert_array_equal(pred.vertices, pred.pose3d[:, :5])
     positions = pred.pose3d[:, 0, 1]
     half = (16 - (keep or 1)) // 2
     assert positions.min() >= half and positions.max() <= 15 - half

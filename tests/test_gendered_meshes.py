@@ -304,10 +304,10 @@ def test_mesh_objective_passes_the_batch_gender_to_its_targets(models, regressor
     class _Out:
         vertices = torch.zeros(1, 4, 6890, 3)
 
-    monkeypatch.setattr(objectives, "run_batch", lambda model, batch, lift_only: _Out())
+    monkeypatch.setattr(objectives, "run_batch", lambda model, batch, lift_only, decode_frames=None: _Out())
     obj = MeshObjective(weights=None, targets=_Targets(GroundTruthBodies(models["neutral"]), regressor),
                         faces=torch.zeros(1, 3, dtype=torch.long), frames=2)
-    batch = {"smpl_pose": torch.zeros(1, 4, 72), "smpl_betas": torch.zeros(1, 4, 10),
+    batch = {"kp2d": torch.zeros(1, 4, 17, 2), "smpl_pose": torch.zeros(1, 4, 72), "smpl_betas": torch.zeros(1, 4, 10),
              "smpl_trans": torch.zeros(1, 4, 3),
              "smpl_gender": torch.tensor([[MALE, FEMALE, FEMALE, MALE]], dtype=torch.int8)}
     with pytest.raises(StopIteration):

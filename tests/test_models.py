@@ -35,6 +35,7 @@ from hmrmamba.models import (
     resolve_config,
     variant_config,
 )
+from hmrmamba.errors import InputError
 from hmrmamba.models.baselines import GRUContext
 from hmrmamba.models.outputs import HMROutput
 from hmrmamba.skeleton import H36M17
@@ -429,6 +430,28 @@ def test_full_model_outputs_and_lift_only(tiny):
     assert torch.allclose(lift.pose3d, out.pose3d)
     lift_model = build("tiny", lift_only=True)
     assert lift_model.reconstructor is None and lift_model(**x).vertices is None
+
+
+def test_decoding_chosen_frames_equals_those_frames_of_the_full_decode(tiny):
+    tiny.eval()
+    x = model_clip_inputs(tiny, batch=2, frames=7, seed=5, map_hw=(3, 3))
+    full = tiny(**x)
+    frames = torch.tensor([0, 3, 6])
+    part = tiny(**x, decode_frames=frames)
+    assert torch.equal(part.pose3d, full.pose3d)  # the lifter still returns every frame
+    for key in ("vertices", "joints", "coarse", "coevo_joints"):
+        assert part[key].shape[1] == 3
+        assert torch.allclose(part[key], full[key][:, frames], atol=1e-5), key
+    one = tiny(**x, decode_frames=torch.tensor([6]))  # the evaluation protocol's middle frame
+    assert torch.allclose(one.vertices[:, 0], full.vertices[:, 6], atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [torch.tensor([7]), torch.tensor([-1]), torch.tensor([], dtype=torch.long),
+                                    torch.tensor([0.5]), torch.tensor([[0, 1]])])
+def test_decode_frames_out_of_range_or_not_integers_are_refused(tiny, frames):
+    x = model_clip_inputs(tiny, batch=1, frames=7, seed=6, map_hw=(3, 3))
+    with pytest.raises(InputError, match="frames"):
+        tiny(**x, decode_frames=frames)
 
 
 def test_full_model_trains_one_step(tiny):

@@ -219,9 +219,12 @@ def predict_offline(inf: Inference, inputs: SequenceInputs, *, keep: int | None 
     first = (length - keep) // 2  # position of the first kept frame inside a window
     starts = np.arange(0, n, keep) - first
     out: dict[str, list[np.ndarray]] = {"pose3d": [], "joints": [], "vertices": []}
+    kept = torch.arange(first, first + keep)  # stage 2 decodes only these frames of each window
     for lo in range(0, len(starts), batch_size):
         idx = np.stack([window_indices(int(s), length, 0, n - 1)[0] for s in starts[lo:lo + batch_size]])
-        pred = run_batch(inf.model, {k: torch.as_tensor(v[idx]) for k, v in arrays.items()}, lift_only=False)
-        for key in out:
-            out[key].append(pred[key][:, first:first + keep].reshape(-1, *pred[key].shape[2:]).numpy())
+        pred = run_batch(inf.model, {k: torch.as_tensor(v[idx]) for k, v in arrays.items()}, lift_only=False,
+                         decode_frames=kept)
+        out["pose3d"].append(pred.pose3d[:, first:first + keep].reshape(-1, *pred.pose3d.shape[2:]).numpy())
+        for key in ("joints", "vertices"):
+            out[key].append(pred[key].reshape(-1, *pred[key].shape[2:]).numpy())
     return Predictions(**{k: np.concatenate(v)[:n] for k, v in out.items()})

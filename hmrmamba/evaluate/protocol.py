@@ -39,14 +39,16 @@ class Predictions:
 
 
 def run_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, lift_only: bool,
-              device: str | torch.device | None = None):
+              device: str | torch.device | None = None, decode_frames: torch.Tensor | None = None):
     """``model(kp2d, conf, feats[, spatial])`` on a window batch (B, T, ...) -> HMROutput; the feature
-    maps are passed to models whose GA samples them (``map_dim > 0``), when the batch carries them."""
+    maps are passed to models whose GA samples them (``map_dim > 0``), when the batch carries them.
+    ``decode_frames`` (K,): decode meshes only for these frames (mesh fields (B, K, ...))."""
     move = (lambda x: x) if device is None else (lambda x: x.to(device))
     core = getattr(model, "module", model)  # DDP / compiled wrappers
     spatial = batch.get("spatial") if getattr(core, "map_dim", 0) else None
+    extra = {} if decode_frames is None or lift_only else {"decode_frames": decode_frames}
     return model(move(batch["kp2d"]), move(batch["conf"]), move(batch["feats"]),
-                 None if spatial is None else move(spatial), lift_only=lift_only)
+                 None if spatial is None else move(spatial), lift_only=lift_only, **extra)
 
 
 @torch.no_grad()
@@ -59,12 +61,13 @@ def predict_split(model: torch.nn.Module, data: SplitArrays, *, length: int, bat
     mid = length // 2
     model.eval()
     pose, joints, verts = [], [], []
+    only_mid = torch.tensor([mid])  # stage 2 decodes only the kept frame (the context reads them all)
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
-        out = run_batch(model, batch, lift_only=lift_only, device=device)
+        out = run_batch(model, batch, lift_only=lift_only, device=device, decode_frames=only_mid)
         pose.append(out.pose3d[:, mid].float().cpu().numpy())
         if not lift_only and out.vertices is not None:
-            joints.append(out.joints[:, mid].float().cpu().numpy())
-            verts.append(out.vertices[:, mid].float().cpu().numpy())
+            joints.append(out.joints[:, 0].float().cpu().numpy())
+            verts.append(out.vertices[:, 0].float().cpu().numpy())
     return Predictions(pose3d=np.concatenate(pose), joints=np.concatenate(joints) if joints else None,
                        vertices=np.concatenate(verts) if verts else None)
 

@@ -267,6 +267,19 @@ class MeshUpsampler(nn.Module):
 # motion
 
 
+def _frame_index(frames, length: int, device) -> torch.Tensor:
+    """frames: (K,) integer indices into a T-frame window -> (K,) long on ``device``; refuses empty,
+    out-of-range or non-integer indices with one line naming ``frames``."""
+    idx = torch.as_tensor(frames, device=device)
+    if idx.dim() != 1 or idx.numel() == 0 or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise InputError(f"has shape {tuple(idx.shape)} and dtype {idx.dtype}", field="frames",
+                         expected="a non-empty 1-D tensor of integer frame indices")
+    if int(idx.min()) < 0 or int(idx.max()) >= length:
+        raise InputError(f"indices {int(idx.min())}..{int(idx.max())}", field="frames",
+                         expected=f"indices in 0..{length - 1} (the window has {length} frames)")
+    return idx.long()
+
+
 def explicit_motion(pose3d: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
     """M_exp: pose3d (B, T, J, 3) -> frame differences (B, T, J, 3); the first frame's is zero, or
     its difference to ``previous`` (B, J, 3), the frame before the clip (streaming)."""
@@ -510,10 +523,18 @@ class MotionGuidedReconstructor(nn.Module):
             got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise InputError(f"has shape {got}", field="feats", expected=f"(B, T, F) = {(b, t, self.feat_dim)}")
 
-    def forward(self, pose3d: torch.Tensor, feats: torch.Tensor) -> ReconOutput:
-        """pose3d (B, T, J, 3) metres, feats (B, T, F) -> ReconOutput (per-frame meshes)."""
+    def forward(self, pose3d: torch.Tensor, feats: torch.Tensor, frames: torch.Tensor | None = None) -> ReconOutput:
+        """pose3d (B, T, J, 3) metres, feats (B, T, F) -> ReconOutput (per-frame meshes).
+
+        ``frames`` (K,) long, optional: decode only these frames of the window; the motion context
+        still reads all T frames, and the decoder works frame by frame, so each decoded frame equals
+        that frame of the full decode. The output then has K frames instead of T."""
         self._check(pose3d, feats, None if self.causal else self.max_frames)
-        return self.decode(pose3d, self.contextualise(pose3d, feats))
+        ctx = self.contextualise(pose3d, feats)
+        if frames is not None:
+            frames = _frame_index(frames, pose3d.shape[1], pose3d.device)
+            pose3d, ctx = pose3d.index_select(1, frames), ctx.index_select(1, frames)
+        return self.decode(pose3d, ctx)
 
     def init_state(self) -> MotionState:
         """The streaming state before frame 0 (a causal reconstructor only)."""

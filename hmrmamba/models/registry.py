@@ -86,16 +86,21 @@ class HMRMamba(nn.Module):
         self.lifter.set_map_stats(mean, std)
 
     def forward(self, kp2d: torch.Tensor, conf: torch.Tensor | None = None, feats: torch.Tensor | None = None,
-                spatial: torch.Tensor | None = None, *, lift_only: bool | None = None) -> HMROutput:
+                spatial: torch.Tensor | None = None, *, lift_only: bool | None = None,
+                decode_frames: torch.Tensor | None = None) -> HMROutput:
         """kp2d (B, T, J, 2) in [-1, 1], conf (B, T, J), feats (B, T, F), spatial (B, T, C, h, w) or None
-        (GA's feature maps; required when :attr:`map_dim` > 0) -> HMROutput; ``lift_only`` (default: the attribute) skips stage 2 (stage-1 training)."""
+        (GA's feature maps; required when :attr:`map_dim` > 0) -> HMROutput; ``lift_only`` (default: the attribute) skips stage 2 (stage-1 training).
+
+        ``decode_frames`` (K,) long, optional: stage 2 decodes meshes only for these frames of the
+        window (the mesh fields then have K frames; pose3d keeps all T). The motion context still
+        reads every frame, so a decoded frame equals the same frame of a full decode."""
         if feats is not None and feats.shape[-1:] == self.feat_mean.shape:  # else the lifter's check names it
             feats = (feats - self.feat_mean) / self.feat_std
         pose3d = self.lifter(kp2d, conf, feats, spatial)
         only = self.lift_only if lift_only is None else lift_only
         if only or self.reconstructor is None:
             return HMROutput(pose3d=pose3d)
-        rec = self.reconstructor(pose3d, feats)
+        rec = self.reconstructor(pose3d, feats, decode_frames)
         return HMROutput(pose3d=pose3d, vertices=rec.vertices, joints=rec.joints, coarse=rec.coarse,
                          coevo_joints=rec.coevo_joints)
 

@@ -87,18 +87,20 @@ class MeshObjective:
     frames: int | None = None
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = run_batch(model, batch, lift_only=False)
+        t = batch["kp2d"].shape[1]
+        idx = supervised_frames(t, self.frames, device=batch["kp2d"].device)
+        # only the supervised frames are decoded: the mesh fields come back (B, K, ...), pose3d (B, T, ...)
+        out = run_batch(model, batch, lift_only=False, decode_frames=idx)
         if self.targets.regressor.device != out.vertices.device:
             self.targets.to(out.vertices.device)
-        t = out.vertices.shape[1]
-        idx = supervised_frames(t, self.frames, device=out.vertices.device)
         pick = (lambda x: x) if idx is None else (lambda x: x[:, idx])
         gender = batch.get("smpl_gender")  # only for gendered splits (3DPW with the gendered SMPL)
         gt_v, gt_j = self.targets(pick(batch["smpl_pose"]), pick(batch["smpl_betas"]),
                                   pick(batch["smpl_trans"]), None if gender is None else pick(gender))
-        pred_v = pick(out.vertices - out.joints[:, :, :1])
-        pred_j = pick(out.joints - out.joints[:, :, :1])
-        extra = tuple(pick(x) for x in (out.pose3d, getattr(out, "coevo_joints", None)) if x is not None)
+        pred_v = out.vertices - out.joints[:, :, :1]
+        pred_j = out.joints - out.joints[:, :, :1]
+        coevo = getattr(out, "coevo_joints", None)
+        extra = (pick(out.pose3d),) + (() if coevo is None else (coevo,))
         return mesh_loss(pred_v, gt_v, pred_j, gt_j, self.faces.to(pred_v.device), pick(batch["mask"]),
                          self.weights, extra_joints=extra)
 

@@ -171,6 +171,51 @@ def test_prepared_maps_match_the_step_by_step_definition(centre):
     torch.testing.assert_close(got, _reference_maps(lifter, maps, keep), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("centre", [True, False])
+@pytest.mark.parametrize("train", [False, True])
+def test_map_values_are_each_ga_blocks_projection_of_the_prepared_maps(centre, train):
+    """The fused path (channels-last in one pass, 1/std folded into the stacked weights, centring after
+    the projection) equals each GA block's value_proj of prepare_maps, with the same dropout draws."""
+    model = build("tiny", lift_only=True, map_dim=8, depth=2)
+    lifter = model.lifter.double()
+    lifter.encoder.feat_centre = centre
+    g = torch.Generator().manual_seed(5)
+    lifter.set_map_stats(torch.randn(8, generator=g), torch.rand(8, generator=g) + 0.5)
+    with torch.no_grad():
+        for blk in lifter.ga_blocks:
+            blk.value_proj.bias.normal_(generator=g)
+    maps = (torch.randn(2, 5, 8, 3, 4, generator=g) * 3 + 1).half()
+    lifter.train(train)
+    torch.manual_seed(11)
+    got = lifter.map_values(maps)
+    torch.manual_seed(11)
+    prepared = lifter.prepare_maps(maps).permute(0, 1, 3, 4, 2)
+    assert len(got) == 2
+    for blk, values in zip(lifter.ga_blocks, got):
+        assert values.shape == (2, 5, 3, 4, 32)
+        torch.testing.assert_close(values, blk.value_proj(prepared), rtol=1e-10, atol=1e-10)
+    if train:
+        assert 0 < float((prepared == 0).double().mean()) < 1  # dropout did draw
+
+
+def test_lifter_output_is_what_each_ga_block_gives_on_its_own_maps():
+    """Feeding GA the projected values equals GA projecting the prepared maps itself."""
+    torch.manual_seed(2)
+    model = build("tiny", lift_only=True, map_dim=8).eval()
+    lifter = model.lifter
+    b, t = 2, 6
+    kp, conf, feats = torch.rand(b, t, 17, 2) * 2 - 1, torch.rand(b, t, 17), torch.randn(b, t, 2048)
+    maps = torch.randn(b, t, 8, 3, 3)
+    with torch.no_grad():
+        got = lifter(kp, conf, feats, maps)
+        x, f, _ = lifter.encoder(kp, conf, feats, None, return_feats=True)
+        prepared = lifter.prepare_maps(maps)
+        for i, (s_block, t_block) in enumerate(zip(lifter.spatial_blocks, lifter.temporal_blocks)):
+            x = t_block(lifter.ga_blocks[i](s_block(x), kp, feats=f, spatial=prepared))
+        want = lifter.head(lifter.norm(x))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_all_finite_agrees_with_isfinite(dtype):
     from hmrmamba.models.lifter import all_finite

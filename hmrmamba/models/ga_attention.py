@@ -42,7 +42,16 @@ from torch import nn
 
 from hmrmamba.errors import InputError
 
-__all__ = ["GeometryAwareAttention"]
+__all__ = ["GeometryAwareAttention", "MapProjection"]
+
+
+class MapProjection(nn.Module):
+    """The value projection of feature maps for several GA blocks at once: x (..., C) channels-last,
+    weight (n*D, C), bias (n*D,) or None -> (..., n*D). It has no parameters (the GA blocks own the
+    weights); it is a module so that cost counters book its multiply-adds to GA."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
 
 class GeometryAwareAttention(nn.Module):
@@ -108,10 +117,12 @@ class GeometryAwareAttention(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, query: torch.Tensor, keypoints: torch.Tensor, feats: torch.Tensor | None = None,
-               spatial: torch.Tensor | None = None) -> torch.Tensor:
+               spatial: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 8 without the residual: query (B, T, J, C), keypoints (B, T, J, 2) -> (B, T, J, C).
 
         Samples ``spatial`` (B, T, F, h, w) when given, otherwise ``feats`` (B, T, F) along time.
+        ``values`` (B, T, h, w, C): the maps already projected by ``value_proj`` (the lifter projects
+        them for all its GA blocks at once); given, it replaces ``spatial``.
         """
         if self.lookback is not None:
             return self._sample_causal(query, feats, spatial)
@@ -122,10 +133,11 @@ class GeometryAwareAttention(nn.Module):
         weights = self.attention_weights(query).view(b, t, j, m, k).softmax(-1)
         t_ref = (2.0 * torch.arange(t, device=query.device, dtype=query.dtype) + 1.0) / t - 1.0  # (T,)
         t_loc = t_ref.view(1, t, 1, 1, 1) + offsets[..., 2] * (2.0 / t)  # (B, T, J, M, K)
-        if spatial is not None:
-            h, w = spatial.shape[-2:]
-            value = self.value_proj(spatial.permute(0, 1, 3, 4, 2))  # (B, T, h, w, C)
-            value = value.view(b, t, h, w, m, ch).permute(0, 4, 5, 1, 2, 3).reshape(b * m, ch, t, h, w)
+        if values is not None or spatial is not None:
+            if values is None:
+                values = self.value_proj(spatial.permute(0, 1, 3, 4, 2))  # (B, T, h, w, C)
+            h, w = values.shape[2:4]
+            value = values.view(b, t, h, w, m, ch).permute(0, 4, 5, 1, 2, 3).reshape(b * m, ch, t, h, w)
             x_loc = keypoints[..., 0, None, None] + offsets[..., 0] * (2.0 / w)
             y_loc = keypoints[..., 1, None, None] + offsets[..., 1] * (2.0 / h)
             grid = torch.stack([x_loc, y_loc, t_loc], -1)  # (B, T, J, M, K, 3)
@@ -216,10 +228,10 @@ class GeometryAwareAttention(nn.Module):
         return x + self._combine(gather(i0), gather(i1), frac, attn, (b, 1, j, c)), values
 
     def forward(self, x: torch.Tensor, keypoints: torch.Tensor, feats: torch.Tensor | None = None,
-                spatial: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, J, C), keypoints (B, T, J, 2) in [-1, 1], feats (B, T, F) [, spatial (B, T, F, h, w)]
-        -> x + GA(q), (B, T, J, C)."""
-        return x + self.sample(self.query(x, feats), keypoints, feats=feats, spatial=spatial)
+                spatial: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, J, C), keypoints (B, T, J, 2) in [-1, 1], feats (B, T, F) [, spatial (B, T, F, h, w)
+        or its projection ``values`` (B, T, h, w, C)] -> x + GA(q), (B, T, J, C)."""
+        return x + self.sample(self.query(x, feats), keypoints, feats=feats, spatial=spatial, values=values)
 
     def query(self, x: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         """q = LN(x) [+ W_q LN(Fimg[t])]: x (B, T, J, C), feats (B, T, F) or None -> (B, T, J, C)."""

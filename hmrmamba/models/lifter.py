@@ -43,11 +43,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hmrmamba.errors import InputError
 from hmrmamba.models.dual_scan import DualScanMambaBlock, TemporalScanState
-from hmrmamba.models.ga_attention import GeometryAwareAttention
+from hmrmamba.models.ga_attention import GeometryAwareAttention, MapProjection
 from hmrmamba.skeleton import get_joint_set, kinematic_scan as kinematic_scan_order
 
 __all__ = ["GeometryAwareLifter", "JointHead", "LifterState", "PoseEncoder", "check_inputs"]
@@ -94,16 +95,18 @@ def check_inputs(kp2d: torch.Tensor, conf: torch.Tensor | None, feats: torch.Ten
 
 
 def all_finite(x: torch.Tensor) -> bool:
-    """True when every element of ``x`` is finite; float16 (the cached feature maps, the largest input)
-    in one pass.
+    """True when every element of ``x`` is finite, usually in one pass (the feature maps are the
+    largest input).
 
-    The float32 sum of finite float16 values cannot overflow (at most 65504 per element, 3.4e38 in all),
-    while any NaN or Inf makes it non-finite (Inf - Inf is NaN): exactly ``isfinite(x).all()``, without
-    its three elementwise passes. Other dtypes take ``isfinite(x).all()``.
+    Any NaN or Inf makes the sum non-finite (Inf - Inf is NaN), so a finite sum proves every element
+    finite. A non-finite sum can also come from overflow of large finite values, so only then does
+    ``isfinite(x).all()`` (three elementwise passes) decide. float16 sums in float32, which cannot
+    overflow (at most 65504 per element, 3.4e38 in all).
     """
-    if x.dtype == torch.float16:
-        return bool(torch.isfinite(x.sum(dtype=torch.float32)))
-    return bool(torch.isfinite(x).all())
+    if not x.is_floating_point():
+        return bool(torch.isfinite(x).all())
+    total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
 class PoseEncoder(nn.Module):
@@ -288,6 +291,8 @@ class GeometryAwareLifter(nn.Module):
                                     lookback=max_frames - 1 if self.causal else None,
                                     value_dim=self.map_dim or None)
              for _ in range(depth)]) if ga else None
+        #: the maps' projection for all GA blocks in one matmul (their weights; no parameters of its own)
+        self.ga_map_projection = MapProjection() if self.map_dim else None
         self.temporal_blocks = nn.ModuleList(
             [DualScanMambaBlock(dim, axis="temporal", drop_path=rates[2 * i + 1], causal=self.causal,
                                 bidirectional=both and not self.causal, **block_kw)
@@ -300,15 +305,16 @@ class GeometryAwareLifter(nn.Module):
                  spatial: torch.Tensor | None = None) -> torch.Tensor:
         """F_temporal (eq. 9) after the final norm: inputs as ``forward`` -> (B, T, J, C)."""
         spatial = spatial if self.ga_blocks is not None else None  # only GA reads maps
-        if self.map_dim:  # maps of their own width: standardised here, projected by GA's value_proj
+        values = [None] * len(self.spatial_blocks)
+        if self.map_dim:  # maps of their own width: standardised and projected by every GA block at once
             x, feats, _ = self.encoder(kp2d, conf, feats, None, return_feats=True)
-            spatial = self.prepare_maps(spatial)
+            values, spatial = self.map_values(spatial), None
         else:  # maps with the global features' channels go through the encoder's feature path
             x, feats, spatial = self.encoder(kp2d, conf, feats, spatial, return_feats=True)
         for i, (s_block, t_block) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
             x = s_block(x)  # eq. 7
             if self.ga_blocks is not None:
-                x = self.ga_blocks[i](x, kp2d, feats=feats, spatial=spatial)  # eq. 8
+                x = self.ga_blocks[i](x, kp2d, feats=feats, spatial=spatial, values=values[i])  # eq. 8
             x = t_block(x)  # eq. 9
         return self.norm(x)
 
@@ -347,6 +353,40 @@ class GeometryAwareLifter(nn.Module):
         if self.encoder.feat_centre:
             return (x - x.mean(1, keepdim=True)) * scale
         return (x - self.map_mean.view(-1, 1, 1)) * scale
+
+    def map_values(self, spatial: torch.Tensor) -> list[torch.Tensor]:
+        """Every GA block's value projection of the prepared maps: spatial (B, T, C, h, w) any float dtype
+        -> one (B, T, h, w, D) per GA block, equal to ``blk.value_proj`` of :meth:`prepare_maps` in the
+        maps' cells (the same dropout draws in training).
+
+        The maps are the largest tensor of a batch, so they are read as few times as the definition
+        allows: one pass turns them channels-last in the buffers' dtype (centred and with the dropout
+        mask in training), and one matmul projects them for all GA blocks (their weights stacked). The
+        per-channel 1/std is folded into the weights; without dropout the centring (or the channel
+        mean) is applied after the projection, where it commutes with it, on D instead of C channels.
+        """
+        blocks = list(self.ga_blocks)
+        dtype = self.map_mean.dtype
+        weight = torch.cat([blk.value_proj.weight for blk in blocks]) / self.map_std  # (n D, C)
+        bias = torch.cat([blk.value_proj.bias for blk in blocks])  # (n D,)
+        b, t, c, h, w = spatial.shape
+        cells_last = spatial.permute(0, 1, 3, 4, 2)  # (B, T, h, w, C) view
+        buf = torch.empty((b, t, h, w, c), dtype=dtype, device=spatial.device)
+        drop = self.encoder.feat_drop
+        if drop is not None and self.training and drop.p > 0:  # a channel is dropped in all cells of a frame
+            keep = torch.rand((b, t, c, 1, 1), device=spatial.device, dtype=dtype) >= drop.p
+            factor = (keep.to(dtype) / (1.0 - drop.p)).view(b, t, 1, 1, c)
+            buf.copy_(cells_last)  # the one strided pass (and the cast); the rest is in place
+            centre = buf.mean(1, keepdim=True) if self.encoder.feat_centre else self.map_mean
+            values = self.ga_map_projection(buf.sub_(centre).mul_(factor), weight, bias)
+        else:
+            buf.copy_(cells_last)
+            values = self.ga_map_projection(buf, weight)
+            if self.encoder.feat_centre:  # (x - mean_t x) W' = x W' - mean_t (x W'): the channel mean cancels
+                values = values - values.mean(1, keepdim=True) + bias
+            else:
+                values = values + (bias - weight @ self.map_mean)
+        return list(values.split([blk.value_proj.out_features for blk in blocks], dim=-1))
 
     # ------------------------------------------------------------------ streaming (causal only)
     def init_state(self, batch: int = 1, *, device: torch.device | str | None = None,

@@ -38,7 +38,7 @@ def test_profiles_override_one_key():
     d = compose(ROOT, "default")
     assert s["profile"] == "paper-s" and s["features"]["crop_size"] == 224
     # the default profile overrides only the training split's size in this section
-    assert d["synthetic"]["splits"]["train"] == {"sequences": 80, "subjects": 16}
+    assert d["synthetic"]["splits"]["train"] == {"sequences": 120, "subjects": 16}
     assert s["synthetic"]["splits"]["train"] == {"sequences": 40, "subjects": 8}
     strip = lambda syn: {**syn, "splits": {k: v for k, v in syn["splits"].items() if k != "train"}}
     assert strip(s["synthetic"]) == strip(d["synthetic"])

@@ -29,7 +29,7 @@ def test_committed_params_parse_into_the_values_of_the_file():
     params = load_params(ROOT / "params.yaml")
     s = parse_settings(params)
     assert s.train_lift.epochs == params["train_lift"]["epochs"] == 10 and s.train_lift.flip == 0.5
-    assert s.train_mesh.epochs == 1 and s.synthetic.splits["train"].sequences == 80
+    assert s.train_mesh.epochs == 1 and s.synthetic.splits["train"].sequences == 120
     assert s.train_lift.lr == pytest.approx(4.0e-3)
     assert s.train_lift.loss == LiftLoss(mpjpe=1.0, temporal=0.5, velocity=0.5, reprojection=0.5)
     assert s.train_mesh.loss == MeshLoss(vertex=1.0, joint=1.0, normal=0.1, edge=20.0)

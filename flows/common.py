@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,29 @@ def default_parallel(params: Mapping[str, Any]) -> int:
     if torch.cuda.is_available():
         return 1
     return max(1, (os.cpu_count() or 1) // row_threads(params))
+
+
+def oversubscription(params: Mapping[str, Any], workers: int, *, cores: int | None = None) -> str | None:
+    """A one-line warning when ``workers`` rows of :func:`tasks.stages.row_threads` torch threads each ask
+    for more threads than the machine has cores (they would stall each other), else None."""
+    cores = int(cores or os.cpu_count() or 1)
+    threads = row_threads(params)
+    if workers * threads <= cores:
+        return None
+    return (f"{workers} rows at once x runtime.threads={threads} = {workers * threads} torch threads on {cores} "
+            f"CPU cores: the rows will stall each other (use --max-parallel {max(1, cores // threads)} or "
+            f"runtime.threads={max(1, cores // workers)})")
+
+
+def _warn(message: str) -> None:
+    """A warning in the flow run's log (the Prefect UI), or on stderr outside a flow run."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def data_ready(root: Path) -> bool:
@@ -337,6 +361,10 @@ def row_task_runner(params: Mapping[str, Any], workers: int | None = None, *, ap
     if settings.get("scheduler"):
         return DaskTaskRunner(address=str(settings["scheduler"]))
     n = int(workers or settings.get("workers") or default_parallel(params))
+    import torch
+
+    if not torch.cuda.is_available() and (warning := oversubscription(params, n)):
+        _warn(warning)
     kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
                               "dashboard_address": None}
     if api_url:

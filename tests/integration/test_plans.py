@@ -192,3 +192,17 @@ def test_serve_builds_one_deployment_per_flow_rooted_in_the_project(tmp_path):
                                                  "hmrmamba-results"]
     assert {d.name for d in deps} == {"ci"}
     assert all(d.parameters == {"root": str(ROOT)} for d in deps)
+
+
+def test_parallel_rows_that_ask_for_more_threads_than_cores_are_named(capsys):
+    from flows import common
+
+    two = {"runtime": {"threads": 2}}
+    assert common.oversubscription(two, 1, cores=2) is None
+    assert common.oversubscription({"runtime": {"threads": 1}}, 2, cores=2) is None
+    assert common.oversubscription({"runtime": {"threads": 0}}, 2, cores=2) is None  # 0: one thread per row
+    msg = common.oversubscription(two, 2, cores=2)
+    assert msg is not None and "4 torch threads on 2 CPU cores" in msg
+    assert "--max-parallel 1" in msg and "runtime.threads=1" in msg
+    common._warn(msg)  # outside a flow run: on stderr
+    assert capsys.readouterr().err.strip() == f"warning: {msg}"

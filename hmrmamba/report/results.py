@@ -5,12 +5,16 @@ The plan comes from the ``results`` section of ``params.yaml``:
 - **Table 1**: each model of ``results.table1`` (default hmrmamba-tiny, pmce-tiny and a per-frame MLP
   lifter), trained with every seed of ``results.seeds``; mean ± standard deviation. A *mean pose*
   row (the training split's average root-relative pose, predicted for every frame) needs no training.
-- **Table 2**: ``experiment.variant`` trained on each 2D source of ``results.table2`` (seed 0).
-- **Table 3**: the GA/EM/IM rows of ``results.table3`` on ``experiment.variant`` (seed 0).
+- **Table 2**: ``experiment.variant`` trained on each 2D source of ``results.table2``, every seed.
+- **Table 3**: the GA/EM/IM rows of ``results.table3`` on ``experiment.variant``, every seed.
+
+Every row is the mean ± standard deviation over ``results.seeds``; :func:`findings` says which differences
+within a table exceed twice the seed spread, and what removing GA, EM or IM from the full model costs
+(per-seed paired differences).
 
 Each distinct (variant, detector, overrides, seed) is one *run*: a train_lift -> train_mesh ->
 evaluate chain in a scratch project (``flows/results.py`` runs them as Prefect tasks). Rows shared
-between tables (the full model on the default detector with seed 0 is in all three) run once.
+between tables (the full model on the default detector is in all three) run once.
 :func:`collect` reads the runs' ``metrics/*.json`` and :func:`render` writes the markdown, so
 ``hmrmamba results`` re-renders the document from finished runs without training anything.
 """
@@ -122,7 +126,7 @@ def make_plan(params: Mapping[str, Any]) -> Plan:
         if d not in sources:
             raise InputError(f"unknown 2D source {d!r}", file="params.yaml", field="results.table2",
                              expected=f"sources the detect2d stage makes: {sources}")
-        t2[d] = [Run(base, d, seeds[0])]
+        t2[d] = [Run(base, d, s) for s in seeds]
     t3: dict[str, list[Run]] = {}
     for row in res.get("table3", []):
         flags = ablation_flags(row)
@@ -132,7 +136,7 @@ def make_plan(params: Mapping[str, Any]) -> Plan:
             raise InputError(f"row {row!r} does not apply to {base!r}: {err}", file="params.yaml",
                              field="results.table3", expected="a variant with GA/EM/IM switches") from None
         over = tuple(flags.items()) if not all(flags.values()) else ()
-        t3[row] = [Run(base, detector, seeds[0], over)]
+        t3[row] = [Run(base, detector, s, over) for s in seeds]
     plan.tables = {"table1": t1, "table2": t2, "table3": t3}
     return plan
 
@@ -216,8 +220,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapping[str, Any],
            dataset: str, baseline: Mapping[str, float] | None = None,
            detector_errors: Mapping[str, Mapping[str, float]] | None = None, machine: str = "",
-           command: str = "python flows/results.py") -> str:
-    """The markdown of docs/results.md."""
+           command: str = "python flows/results.py", probe: Mapping[str, float] | None = None) -> str:
+    """The markdown of docs/results.md (``probe``: the features stage's ridge probe, floor and score, mm)."""
     exp = params.get("experiment", {})
     seeds = params.get("results", {}).get("seeds", [0])
     lines = [
@@ -233,7 +237,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
         (f"- profile `{params.get('profile', '?')}`, dataset `{dataset}`, base variant `{exp.get('variant')}`, "
          f"2D source `{exp.get('detector')}`"),
         (f"- train_lift {params['train_lift']['epochs']} epochs, train_mesh {params['train_mesh']['epochs']} "
-         f"epochs; seeds {list(seeds)} for Table 1, seed {seeds[0]} elsewhere"),
+         f"epochs; every row trained with seeds {list(seeds)}, shown as mean ± std over them"),
     ]
     if machine:
         lines.append(f"- machine: {machine}")
@@ -251,7 +255,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
         lines += _table(["model", "params (M)", *(HEADERS[k] for k in METRICS), "stage-1 MPJPE ↓"], rows)
     t2 = plan.tables.get("table2", {})
     if t2:
-        lines += ["", f"## Table 2 analogue: 2D sources (`{exp.get('variant')}`, seed {seeds[0]})", ""]
+        lines += ["", f"## Table 2 analogue: 2D sources (`{exp.get('variant')}`, mean ± std over seeds)", ""]
         rows = []
         for d, runs in t2.items():
             err = (detector_errors or {}).get(d, {})
@@ -260,7 +264,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
         lines += _table(["2D source", "2D error (px)", *(HEADERS[k] for k in METRICS)], rows)
     t3 = plan.tables.get("table3", {})
     if t3:
-        lines += ["", f"## Table 3 analogue: GA / EM / IM (`{exp.get('variant')}`, seed {seeds[0]})", ""]
+        lines += ["", f"## Table 3 analogue: GA / EM / IM (`{exp.get('variant')}`, mean ± std over seeds)", ""]
         rows = []
         for label, runs in t3.items():
             flags = ablation_flags(label)
@@ -268,12 +272,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
         lines += _table(["row", "GA", "EM", "IM", *(HEADERS[k] for k in METRICS)], rows)
     found = findings(plan, results, dataset=dataset, baseline=baseline)
     if plan.tables.get("table3") and not params.get("features", {}).get("weights"):
-        found.append("GA samples the image features and IM is built from them, but here they come from a "
-                     "randomly initialised ResNet-50 (`features.weights: null`): they carry little pose "
-                     "information, and removing them altogether changed `tiny`'s validation MPJPE by under "
-                     "1 mm (`docs/model.md`). The ablation needs pretrained backbone weights (SPIN) to "
-                     "measure what GA and IM add; EM (frame differences of the lifted pose) is the one "
-                     "module with a signal here.")
+        found.append(backbone_note(probe))
     if found:
         lines += ["", "## What the numbers say", "", *(f"- {f}" for f in found)]
     return "\n".join(lines) + "\n"
@@ -285,9 +284,74 @@ def _mean(runs: Sequence[Run], results: Mapping[str, Mapping[str, Any]], dataset
     return statistics.mean(vals) if vals else float("nan")
 
 
+def backbone_note(probe: Mapping[str, float] | None) -> str:
+    """What the image features that GA samples and IM reads are worth, from the features stage's probe."""
+    text = ("GA samples the image feature maps and IM is built from the image features, but here they come "
+            "from a randomly initialised ResNet-50 (`features.weights: null`; the paper uses SPIN's)")
+    if probe and probe.get("probe_mm") is not None and probe.get("floor_mm") is not None:
+        text += (f": a ridge probe from the cached global features to root-relative 3D joints scores "
+                 f"{probe['probe_mm']:.1f} mm on test against {probe['floor_mm']:.1f} mm for the mean pose, so "
+                 "they carry no pose information a linear read-out can find")
+    return text + (". What GA adds here comes from its temporal sampling and its learned reference offsets "
+                   "around the 2D joints, not from appearance; Table 3 measures that, not the paper's claim.")
+
+
+def _per_seed(runs: Sequence[Run], results: Mapping[str, Mapping[str, Any]], dataset: str,
+              key: str = "mpjpe") -> dict[int, float]:
+    out = {}
+    for r in runs:
+        v = results[r.label].get(dataset, {}).get(key, float("nan"))
+        if not math.isnan(v):
+            out[r.seed] = v
+    return out
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def separated_pairs(rows: Mapping[str, Sequence[Run]], results: Mapping[str, Mapping[str, Any]],
+                    dataset: str, key: str = "mpjpe") -> tuple[list[str], float]:
+    """Pairs of rows whose mean ``key`` differs by more than twice the larger of their seed stds
+    -> (["`a` 80.1 < `b` 85.3 (Δ 5.2 mm)", ...], largest std in the table). With one seed: ([], nan)."""
+    stats = {}
+    for row, runs in rows.items():
+        vals = list(_per_seed(runs, results, dataset, key).values())
+        if vals:
+            stats[row] = (statistics.mean(vals), _std(vals))
+    out = []
+    names = sorted(stats, key=lambda r: stats[r][0])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (ma, sa), (mb, sb) = stats[a], stats[b]
+            if math.isnan(sa) or math.isnan(sb):
+                continue
+            if mb - ma > 2 * max(sa, sb):
+                out.append(f"`{a}` {ma:.1f} < `{b}` {mb:.1f} (Δ {mb - ma:.1f} mm)")
+    stds = [s for _, s in stats.values() if not math.isnan(s)]
+    return out, (max(stds) if stds else float("nan"))
+
+
+def removal_effects(t3: Mapping[str, Sequence[Run]], results: Mapping[str, Mapping[str, Any]],
+                    dataset: str, key: str = "mpjpe") -> dict[str, tuple[float, float, int]]:
+    """What removing each module from the full model costs: {'GA': (mean, std, n)} of the per-seed paired
+    difference (row without the module − full row, so positive = the module helps)."""
+    full = _per_seed(t3.get("full", ()), results, dataset, key)
+    out = {}
+    for module, row in (("GA", "em+im"), ("EM", "ga+im"), ("IM", "ga+em")):
+        if row not in t3 or not full:
+            continue
+        other = _per_seed(t3[row], results, dataset, key)
+        diffs = [other[s] - full[s] for s in sorted(full) if s in other]
+        if diffs:
+            out[module] = (statistics.mean(diffs), _std(diffs), len(diffs))
+    return out
+
+
 def findings(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, dataset: str,
              baseline: Mapping[str, float] | None = None) -> list[str]:
-    """Plain statements computed from the tables: ranking, margins against the floor and the seed spread."""
+    """Plain statements computed from the tables: ranking, margins against the floor, which differences
+    exceed twice the seed spread, and what removing each of GA/EM/IM costs."""
     out = []
     t1 = plan.tables.get("table1", {})
     if t1:
@@ -298,12 +362,19 @@ def findings(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, dataset: s
         if baseline and "mpjpe" in baseline:
             out.append(f"The mean-pose floor is {baseline['mpjpe']:.1f} mm MPJPE; the best model is "
                        f"{baseline['mpjpe'] - _mean(t1[best], results, dataset, 'mpjpe'):.1f} mm below it.")
-        spreads = [statistics.stdev(v) for v in (
-            [results[r.label].get(dataset, {}).get("mpjpe", float("nan")) for r in runs] for runs in t1.values())
-            if len(v) > 1]
-        if spreads:
-            out.append(f"Seed-to-seed standard deviation of MPJPE: {min(spreads):.1f}–{max(spreads):.1f} mm; "
-                       "differences below about twice that are within training noise.")
+    for name, title in (("table1", "Table 1"), ("table2", "Table 2"), ("table3", "Table 3")):
+        rows = plan.tables.get(name, {})
+        if len(rows) < 2:
+            continue
+        pairs, spread = separated_pairs(rows, results, dataset)
+        if math.isnan(spread):
+            continue
+        stds = [_std(list(_per_seed(runs, results, dataset).values())) for runs in rows.values()]
+        stds = [s for s in stds if not math.isnan(s)]
+        head = (f"{title}: seed-to-seed std of MPJPE {min(stds):.1f}–{max(stds):.1f} mm. Differences above twice "
+                "the larger std of the two rows: ")
+        out.append(head + ("; ".join(pairs) + "." if pairs else "none; every other difference in the table is "
+                                                                  "within seed noise."))
     t3 = plan.tables.get("table3", {})
     if len(t3) > 1:
         by = {row: _mean(runs, results, dataset, "mpjpe") for row, runs in t3.items()}
@@ -312,16 +383,20 @@ def findings(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, dataset: s
             out.append(f"Table 3: the full model scores {by['full']:.1f} mm; the best row is `{best}` "
                        f"({by[best]:.1f} mm)" + ("." if best == "full" else
                                                  ", so on this data the full model does not beat every ablation."))
-        # rows with GA on train the same stage-1 lifter (EM/IM live in the reconstructor): the spread of their
-        # stage-1 errors is run-to-run noise, the yardstick for the table's differences
-        same = [results[runs[0].label].get("stage1", {}).get(dataset, {}).get("mpjpe", float("nan"))
-                for row, runs in t3.items() if ablation_flags(row)["ga"]]
-        same = [v for v in same if not math.isnan(v)]
-        if len(same) > 1:
-            out.append(f"The {len(same)} rows with GA on train identical stage-1 lifters, yet their stage-1 test "
-                       f"MPJPE spans {min(same):.1f}–{max(same):.1f} mm (runs trained in parallel share torch's "
-                       "RNG stream, so they are not bitwise repeatable): differences in this table smaller "
-                       f"than about {max(same) - min(same):.0f} mm are run-to-run noise.")
+        effects = removal_effects(t3, results, dataset)
+        if effects:
+            parts = []
+            for module, (mean, std, n) in effects.items():
+                spread = "" if math.isnan(std) else f" ± {std:.1f}"
+                verdict = ("" if math.isnan(std) else " (helps)" if mean > 2 * std else
+                           " (hurts)" if mean < -2 * std else " (within noise)")
+                parts.append(f"{module} {mean:+.1f}{spread} mm{verdict}")
+            out.append(f"Removing one module from the full model changes test MPJPE by (per-seed paired "
+                       f"difference, mean ± std over {max(n for _, _, n in effects.values())} seeds; positive = "
+                       "the module helps): " + ", ".join(parts) + ".")
+        out.append("Rows with GA on share one stage-1 lifter per seed (EM and IM live in the reconstructor), "
+                   "and every row trains in its own process with its own seed, so a row's numbers repeat "
+                   "bit for bit when it is rerun.")
     return out
 
 
@@ -368,8 +443,13 @@ def write_document(root: Path, params: Mapping[str, Any], *, command: str = "pyt
     baseline = mean_pose_baseline(layout, split=split, detector=detector, dataset=dataset)
     det_json = layout.metrics("detect2d")
     detector_errors = json.loads(det_json.read_text()).get(split, {}) if det_json.is_file() else {}
+    feat_json = layout.metrics("features")
+    probe = None
+    if feat_json.is_file():
+        feat = json.loads(feat_json.read_text()).get("probe", {})
+        probe = {"probe_mm": feat.get("probe_mm"), "floor_mm": feat.get("floor_mm")} if feat else None
     md = render(plan, found, params=params, dataset=dataset, baseline=baseline,
-                detector_errors=detector_errors, machine=machine_line(), command=command)
+                detector_errors=detector_errors, machine=machine_line(), command=command, probe=probe)
     out = resolve_path(root, params.get("results", {}).get("output", "docs/results.md"), field="results.output")
     payload = {"dataset": dataset, "profile": params.get("profile"), "mean_pose": baseline,
                "tables": {t: {row: [r.label for r in runs] for row, runs in rows.items()}

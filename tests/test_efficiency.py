@@ -125,7 +125,7 @@ def test_scan_macs_known_answer():
     di, r, n = m.d_inner, m.dt_rank, m.d_state
     x = {"x": torch.randn(b, length, 8)}
     scan = 9 * b * length * di * n + 2 * b * di * length  # states, plus the D skip and the z gate
-    dense = (b * length * 8 * 2 * di + b * di * (length + m.d_conv - 1) * m.d_conv + b * length * di * (r + 2 * n)
+    dense = (b * length * 8 * 2 * di + b * di * length * m.d_conv + b * length * di * (r + 2 * n)
              + b * length * r * di + b * length * di * 8)
     assert scan_macs_of(w, x) == scan == scan_macs(b, length, di, n)
     assert count_cost(w, x).macs == dense + scan

@@ -12,7 +12,7 @@ import torch
 
 from hmrmamba.errors import InputError
 from hmrmamba.ssm import Mamba, build, fused
-from hmrmamba.ssm.backend import cpu_scan_status
+from hmrmamba.ssm.backend import cpu_scan_status, scan_channels_last
 from hmrmamba.ssm.scan import selective_scan, selective_scan_ref, selective_scan_torch
 
 F64 = torch.float64
@@ -82,7 +82,7 @@ def assert_same(a, b, rtol=1e-10, atol=1e-10):
 
 
 @needs_fused
-@pytest.mark.parametrize("L", [1, 2, 3, 16, 17, 63, 243])
+@pytest.mark.parametrize("L", [1, 2, 3, 16, 17, 63, 64, 65, 128, 243])
 @pytest.mark.parametrize("use_h0", [False, True])
 def test_fused_matches_torch_scan_all_gradients(L, use_h0, fused_on):
     # d = 40: two 16-channel SIMD tiles and 8 channels on the one-row path
@@ -226,6 +226,74 @@ def test_env_var_forces_torch_and_both_paths_agree(monkeypatch, fused_on):
     assert not fused.fused_available()
     assert cpu_scan_status() == "pytorch (HMRMAMBA_SCAN=torch)"
     torch.testing.assert_close(m(x), fast, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- channels-last layout (what Mamba runs)
+
+
+def _channels_last_scan(u, delta, A, B, C, **kw):
+    """scan_channels_last behind selective_scan's (B, D, L) signature: the inputs are re-laid out as
+    channels-last copies (not views), and the output is transposed back."""
+    def cl(t):
+        return None if t is None else t.transpose(1, 2).contiguous()
+
+    z = kw.pop("z", None)
+    res = scan_channels_last(cl(u), cl(delta), A, cl(B), cl(C), z=cl(z), **kw)
+    if kw.get("return_last_state"):
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)
+
+
+@needs_fused
+@pytest.mark.parametrize("d,L,use_h0", [(6, 7, True), (32, 19, False), (40, 33, True), (16, 1, True)])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_channels_last_equals_channels_first_bit_for_bit(d, L, use_h0, dtype, fused_on):
+    # d=40: two full SIMD tiles and 8 channels on the row kernels; the same arithmetic in either layout
+    inp = make_inputs(d=d, L=L, n=8, dtype=dtype)
+    first = outputs_and_grads(selective_scan, inp, use_h0=use_h0)
+    last = outputs_and_grads(_channels_last_scan, inp, use_h0=use_h0)
+    assert_same(first, last, rtol=0, atol=0)
+
+
+@needs_fused
+def test_channels_last_matches_reference_and_the_pytorch_fallback(monkeypatch, fused_on):
+    inp = make_inputs(d=24, L=11, n=4)
+    fast = outputs_and_grads(_channels_last_scan, inp)
+    assert_same(fast, outputs_and_grads(selective_scan_ref, inp))
+    monkeypatch.setenv(fused.SCAN_ENV, "torch")
+    assert_same(fast, outputs_and_grads(_channels_last_scan, inp))
+
+
+@needs_fused
+@pytest.mark.parametrize("case", ["delta", "B", "initial_state", "nan"])
+def test_channels_last_raises_the_reference_errors(case, fused_on):
+    inp = {k: v.detach() for k, v in make_inputs(L=5).items()}
+    base = {"u": inp["u"], "delta": inp["delta"], "A": inp["A"], "B": inp["B"], "C": inp["C"]}
+    args = {**base, **BAD_INPUTS[case](inp)}
+    messages = []
+    for fn in (_channels_last_scan, selective_scan_ref):
+        with pytest.raises(InputError) as err:
+            fn(**args)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def test_channels_last_rejects_a_flat_input():
+    with pytest.raises(InputError, match="u.*batch, seqlen, channels"):
+        scan_channels_last(torch.zeros(4, 6), torch.zeros(4, 6), torch.zeros(6, 2), torch.zeros(1, 4, 2),
+                           torch.zeros(1, 4, 2))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_mamba_conv_equals_torch_conv1d(bias):
+    torch.manual_seed(1)
+    m = Mamba(8, d_conv=4, conv_bias=bias).double()
+    x = torch.randn(2, 9, m.d_inner, dtype=F64)  # (B, L, d_inner)
+    padded = torch.nn.functional.pad(x, (0, 0, m.d_conv - 1, 0))
+    want = torch.nn.functional.conv1d(x.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1,
+                                      groups=m.d_inner)[..., :9]
+    torch.testing.assert_close(m._conv(padded), torch.nn.functional.silu(want).transpose(1, 2),
+                               rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- errors and the build

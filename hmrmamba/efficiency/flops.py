@@ -7,6 +7,8 @@ matmuls, convolutions and attention) plus formulas for what it counts as zero:
   CUDA kernels: ``QK^T`` and ``AV``);
 - ``grid_sample`` (2-D bilinear: 4 multiply-adds per output element; 3-D trilinear: 8);
 - sparse @ dense (``aten._sparse_addmm``: one multiply-add per stored entry and output column);
+- ``addcmul`` (one multiply-add per output element): the taps of the Mamba block's depthwise causal
+  conv, which runs as shifted multiply-adds on channels-last tensors (:meth:`hmrmamba.ssm.Mamba._conv`);
 - the **selective scan**, whose time loop is element-wise: per (batch, channel, step, state) it costs
   9 multiply-adds (VMamba's fvcore convention: ``exp(delta A)``, ``delta B u``, the state update and
   the ``C`` read-out), plus one per (batch, channel, step) for the ``D`` skip and one for the ``z``
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +131,10 @@ def _grid_3d_flop(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> i
     return 2 * 8 * n * c * grid_shape[1] * grid_shape[2] * grid_shape[3]
 
 
+def _addcmul_flop(self_shape, t1_shape, t2_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(out_shape if out_shape is not None else torch.broadcast_shapes(self_shape, t1_shape, t2_shape))
+
+
 def _sparse_addmm_flop(self_t, sparse, dense, *args, out_val=None, **kwargs) -> int:
     return 2 * int(sparse._nnz()) * int(dense.shape[-1])
 
@@ -167,16 +174,18 @@ def _opaque_scan() -> Iterator[Any]:
     import hmrmamba.ssm.mamba as mamba_module
 
     op = _scan_op()
-    original = mamba_module.scan_with_backend
+    original = mamba_module.scan_channels_last
 
     def counted(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                 return_last_state=False, initial_state=None, backend="auto"):
+        """Mamba's channels-last call: u, delta, z (B, L, D); B, C (B, L, N) -> (B, L, D)."""
         if return_last_state or initial_state is not None:
             return original(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                             return_last_state=return_last_state, initial_state=initial_state, backend=backend)
-        return op(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        first = [None if t is None else t.transpose(1, 2) for t in (u, delta, B, C, z)]
+        return op(first[0], first[1], A, first[2], first[3], D, first[4], delta_bias, delta_softplus).transpose(1, 2)
 
-    with mock.patch.object(mamba_module, "scan_with_backend", counted):
+    with mock.patch.object(mamba_module, "scan_channels_last", counted):
         yield op
 
 
@@ -219,6 +228,8 @@ def count_cost(model: nn.Module, inputs: Mapping[str, torch.Tensor], *,
                    aten.grid_sampler_2d: _grid_2d_flop,
                    aten.grid_sampler_3d: _grid_3d_flop,
                    aten._sparse_addmm: _sparse_addmm_flop,
+                   aten.addcmul: _addcmul_flop,
+                   aten.addcmul_: _addcmul_flop,
                    scan_op: _scan_flop}
         was_training = model.training
         model.eval()

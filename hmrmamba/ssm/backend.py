@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm.scan import selective_scan
+from hmrmamba.ssm.scan import selective_scan, validate_scan_inputs
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +35,7 @@ __all__ = [
     "cpu_scan_status",
     "mamba_ssm_available",
     "resolve_backend",
+    "scan_channels_last",
     "scan_with_backend",
 ]
 
@@ -118,3 +119,40 @@ def scan_with_backend(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                   return_last_state=return_last_state)
     return selective_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state, initial_state=initial_state)
+
+
+def scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                       delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                       return_last_state: bool = False, initial_state: torch.Tensor | None = None,
+                       backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scan_with_backend` on channels-last tensors: u, delta, z: (B, L, D); A: (D, N); B, C: (B, L, N)
+    -> out (B, L, D) [, last_state (B, D, N)].
+
+    CPU tensors on the fused C scan run without any transpose (the kernel reads the layout as it is);
+    every other path scans the transposed views with :func:`scan_with_backend`. Shapes and values are
+    checked as there, with the same errors (they name the channels-first shapes).
+    """
+    from hmrmamba.ssm.fused import fused_available, fused_enabled, fused_scan_channels_last, fused_supports
+    from hmrmamba.ssm.scan import _compute_dtype
+
+    def first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.transpose(1, 2)
+
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 3):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"has shape {shape}", field=name, expected="a (batch, seqlen, channels) tensor")
+    ut, dt, Bt, Ct, zt = first(u), first(delta), first(B), first(C), first(z)
+    if (resolve_backend(backend, u) == "torch" and fused_enabled()
+            and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state) and fused_available()):
+        validate_scan_inputs(ut, dt, A, Bt, Ct, D, zt, delta_bias, initial_state)
+        out, last = fused_scan_channels_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                             _compute_dtype(u))
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
+    res = scan_with_backend(ut, dt, A, Bt, Ct, D, z=zt, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                            return_last_state=return_last_state, initial_state=initial_state, backend=backend)
+    if return_last_state:
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)

@@ -20,19 +20,20 @@ import os
 
 import torch
 
-__all__ = ["fused_available", "fused_enabled", "fused_scan", "fused_supports", "load_library"]
+__all__ = ["fused_available", "fused_enabled", "fused_scan", "fused_scan_channels_last", "fused_supports",
+           "load_library"]
 
 log = logging.getLogger(__name__)
 
 #: ``HMRMAMBA_SCAN`` values: ``auto`` (default: fused C scan on CPU when it builds) or ``torch``
 SCAN_ENV = "HMRMAMBA_SCAN"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _INT = ctypes.c_int
-_FWD_ARGS = [_P] * 11 + [_I64] * 6 + [_INT, _INT]
-_BWD_ARGS = [_P] * 20 + [_I64] * 6 + [_INT, _INT]
+_FWD_ARGS = [_P] * 11 + [_I64] * 6 + [_INT] * 3  # ..., softplus, channels_last, threads
+_BWD_ARGS = [_P] * 20 + [_I64] * 6 + [_INT] * 3
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,24 +98,28 @@ class _FusedScanFn(torch.autograd.Function):
 
     All inputs are contiguous, in one compute dtype (float32 or float64); B4, C4 are
     (B, G, L, N); D, z, delta_bias, h0 may be None; ``delta`` is the raw delta (bias and softplus
-    are applied inside).
+    are applied inside). ``channels_last``: u, delta, z and out are (B, L, D) instead.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, h0, softplus):
+    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, h0, softplus, channels_last=False):
         lib = load_library()[0]
-        batch, dim, seqlen = u.shape
+        if channels_last:
+            batch, seqlen, dim = u.shape
+        else:
+            batch, dim, seqlen = u.shape
         dstate = A.shape[1]
         out = torch.empty_like(u)
         last = u.new_empty((batch, dim, dstate))
         fn = getattr(lib, f"hm_scan_fwd_{_suffix(u.dtype)}")
         status = fn(u.data_ptr(), delta.data_ptr(), A.data_ptr(), B4.data_ptr(), C4.data_ptr(), _ptr(D), _ptr(z),
                     _ptr(delta_bias), _ptr(h0), out.data_ptr(), last.data_ptr(), batch, dim, seqlen, dstate,
-                    B4.shape[1], C4.shape[1], int(softplus), torch.get_num_threads())
+                    B4.shape[1], C4.shape[1], int(softplus), int(channels_last), torch.get_num_threads())
         if status != 0:
             raise MemoryError("fused selective scan forward: cannot allocate its work space")
         ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, h0)
         ctx.softplus = softplus
+        ctx.channels_last = channels_last
         ctx.set_materialize_grads(False)
         return out, last
 
@@ -122,7 +127,7 @@ class _FusedScanFn(torch.autograd.Function):
     def backward(ctx, gout, glast):
         u, delta, A, B4, C4, D, z, delta_bias, h0 = ctx.saved_tensors
         lib = load_library()[0]
-        batch, dim, seqlen = u.shape
+        batch, dim, seqlen = (u.shape[0], u.shape[2], u.shape[1]) if ctx.channels_last else u.shape
         dstate = A.shape[1]
         gout, glast = _c(gout), _c(glast)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
@@ -136,10 +141,10 @@ class _FusedScanFn(torch.autograd.Function):
                     _ptr(delta_bias), _ptr(h0), _ptr(gout), _ptr(glast), du.data_ptr(), ddelta.data_ptr(),
                     dA.data_ptr(), dB.data_ptr(), dC.data_ptr(), _ptr(dD), _ptr(dz), _ptr(dbias), _ptr(dh0),
                     batch, dim, seqlen, dstate, B4.shape[1], C4.shape[1], int(ctx.softplus),
-                    torch.get_num_threads())
+                    int(ctx.channels_last), torch.get_num_threads())
         if status != 0:
             raise MemoryError("fused selective scan backward: cannot allocate its work space")
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
 
 
 def _time_last(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
@@ -164,3 +169,22 @@ def fused_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.T
 
     return _FusedScanFn.apply(conv(u), conv(delta), conv(A), _time_last(B, cdt), _time_last(C, cdt), conv(D),
                               conv(z), conv(delta_bias), conv(initial_state), bool(delta_softplus))
+
+
+def fused_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                             C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                             delta_bias: torch.Tensor | None, delta_softplus: bool,
+                             initial_state: torch.Tensor | None, cdt: torch.dtype,
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fused_scan` on channels-last tensors, with no transposes: u, delta, z: (B, L, D);
+    B, C: (B, L, N) -> (out (B, L, D), last state (B, D, N)), both in ``cdt``.
+
+    The same kernel and arithmetic as :func:`fused_scan` (the tile of 16 channels reads one
+    contiguous block per time step instead of 16 strided rows), so outputs match it bit for bit.
+    """
+
+    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(cdt).contiguous()
+
+    return _FusedScanFn.apply(conv(u), conv(delta), conv(A), conv(B).unsqueeze(1), conv(C).unsqueeze(1), conv(D),
+                              conv(z), conv(delta_bias), conv(initial_state), bool(delta_softplus), True)

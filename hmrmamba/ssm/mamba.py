@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm.backend import check_backend_name, scan_with_backend
+from hmrmamba.ssm.backend import check_backend_name, scan_channels_last
 from hmrmamba.ssm.scan import selective_scan_ref
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -116,32 +116,42 @@ class Mamba(nn.Module):
         """A: (d_inner, d_state), negative."""
         return -torch.exp(self.A_log.float())
 
+    def _conv(self, padded: torch.Tensor) -> torch.Tensor:
+        """The depthwise causal conv and its SiLU, channels last: padded (B, d_conv - 1 + L, d_inner), the
+        d_conv - 1 inputs before the first output first -> (B, L, d_inner). Tap k reads input t + k, as
+        ``F.conv1d`` with the same weights; written as d_conv shifted multiply-adds, it needs no transpose."""
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+        seqlen = padded.shape[1] - self.d_conv + 1
+        bias = self.conv1d.bias if self.conv1d.bias is not None else padded.new_zeros(())
+        out = torch.addcmul(bias, padded[:, :seqlen], w[:, 0])
+        for k in range(1, self.d_conv):
+            out.addcmul_(padded[:, k:k + seqlen], w[:, k])
+        return self.act(out)
+
     def _scan(self, x: torch.Tensor, z: torch.Tensor, initial_state: torch.Tensor | None):
-        """x, z: (B, d_inner, L) after the conv -> y (B, d_inner, L) [, last ssm state]."""
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        """x, z: (B, L, d_inner), x after the conv -> y (B, L, d_inner) [, last ssm state (B, d_inner, N)]."""
+        x_dbl = self.x_proj(x)  # (B, L, R + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
-        Bm = Bm.transpose(1, 2).contiguous()  # (B, N, L)
-        Cm = Cm.transpose(1, 2).contiguous()
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); bias added in the scan
         if torch.jit.is_tracing() or torch.compiler.is_exporting():  # export: the fast scan is an autograd.Function
-            return selective_scan_ref(x, dt, self._A(), Bm, Cm, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                                      delta_softplus=True, return_last_state=initial_state is not None,
-                                      initial_state=initial_state)
-        return scan_with_backend(x.contiguous(), dt.contiguous(), self._A(), Bm, Cm, self.D.float(),
-                                 z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                                 return_last_state=initial_state is not None, initial_state=initial_state,
-                                 backend=self.backend)
+            out = selective_scan_ref(x.transpose(1, 2), dt.transpose(1, 2), self._A(), Bm.transpose(1, 2),
+                                     Cm.transpose(1, 2), self.D.float(), z=z.transpose(1, 2),
+                                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                     return_last_state=initial_state is not None, initial_state=initial_state)
+            if initial_state is None:
+                return out.transpose(1, 2)
+            return out[0].transpose(1, 2), out[1]
+        return scan_channels_last(x, dt, self._A(), Bm, Cm, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                                  delta_softplus=True, return_last_state=initial_state is not None,
+                                  initial_state=initial_state, backend=self.backend)
 
     # ------------------------------------------------------------------ public API
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (B, L, d_model) -> (B, L, d_model); causal, zero initial state."""
         self._check_input(hidden_states)
-        seqlen = hidden_states.shape[1]
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 d_inner, L)
-        x, z = xz.chunk(2, dim=1)
-        x = self.act(self.conv1d(x)[..., :seqlen])
-        y = self._scan(x, z, None)
-        return self.out_proj(y.transpose(1, 2))
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
+        x = self._conv(F.pad(x, (0, 0, self.d_conv - 1, 0)))
+        return self.out_proj(self._scan(x, z, None))
 
     def allocate_state(self, batch: int, device: torch.device | str | None = None,
                        dtype: torch.dtype | None = None) -> MambaState:
@@ -160,14 +170,11 @@ class Mamba(nn.Module):
         if state is None:
             state = self.allocate_state(batch, device=hidden_states.device, dtype=hidden_states.dtype)
         self._check_state(state, batch)
-        xz = self.in_proj(hidden_states).transpose(1, 2)
-        x, z = xz.chunk(2, dim=1)  # (B, d_inner, L)
-        history = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (B, d_inner, d_conv + L)
-        new_conv = history[..., -self.d_conv:].contiguous()
-        x = self.act(F.conv1d(history[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
-        y, last = self._scan(x, z, state.ssm)
-        out = self.out_proj(y.transpose(1, 2))
-        return out, MambaState(conv=new_conv, ssm=last)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner)
+        history = torch.cat([state.conv.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, d_conv + L, d_inner)
+        new_conv = history[:, -self.d_conv:].transpose(1, 2).contiguous()  # (B, d_inner, d_conv)
+        y, last = self._scan(self._conv(history[:, 1:]), z, state.ssm)
+        return self.out_proj(y), MambaState(conv=new_conv, ssm=last)
 
     def step(self, hidden_states: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: hidden_states (B, 1, d_model), state -> (y (B, 1, d_model), new state)."""

@@ -10,7 +10,8 @@
  *     y_t   = sum_n C[b, gc(d), t, n] h_t[n] + D[d] u_t            (D optional)
  *     out_t = y_t * silu(z_t)                                       (z optional)
  *
- * Layouts (all C-contiguous): u, delta, z, out: (batch, dim, L); A: (dim, N); B: (batch, G, L, N);
+ * Layouts (all C-contiguous): u, delta, z, out: (batch, dim, L), or (batch, L, dim) with channels_last
+ * (their gradients too); A: (dim, N); B: (batch, G, L, N);
  * C: (batch, Gc, L, N); D, delta_bias: (dim,); h0, last: (batch, dim, N). Channel d reads group
  * d / (dim / G). Optional inputs and outputs are NULL pointers.
  *
@@ -121,7 +122,12 @@ int hm_scan_openmp(void) {
 }
 
 /* ABI version, checked by the loader. */
-int hm_scan_abi(void) { return 1; }
+int hm_scan_abi(void) { return 2; }
+
+/* Offset of element (b, d, t = 0) of a (batch, dim, L) or, with channels_last, (batch, L, dim) tensor;
+ * consecutive t are HM_TS apart (uses the caller's channels_last, L and dim). */
+#define HM_OFF(b, d) (channels_last ? (b) * L * dim + (d) : ((b) * dim + (d)) * L)
+#define HM_TS (channels_last ? dim : (int64_t)1)
 
 /* Largest d_state accepted. */
 int hm_scan_max_dstate(void) { return HM_MAXN; }
@@ -151,13 +157,13 @@ typedef HM_REAL HM_CAT(real, HM_SUF);
 #define real HM_CAT(real, HM_SUF)
 
 
-/* One row forward. u, dl, z, out: (L,); Arow: (N,); Bp, Cp: (L, N); h0, last: (N,) or NULL.
+/* One row forward. u, dl, z, out: (L,) with stride st; Arow: (N,); Bp, Cp: (L, N); h0, last: (N,) or NULL.
  * Hs, Es: (L, N) or NULL: when given, the states h_t and decays e_t are stored (backward pass),
  * as are dts (L,) and ypre (L,) = y_t + D u_t. */
 HM_INLINE void HM_FN(fwd_row)(const real *u, const real *dl, const real *Arow, const real *Bp,
                                const real *Cp, const real *Dp, const real *z, const real *biasp,
                                int softplus, const real *h0, real *out, real *last, int64_t L,
-                               int64_t N, real *Hs, real *Es, real *dts, real *ypre) {
+                               int64_t N, real *Hs, real *Es, real *dts, real *ypre, int64_t st) {
     real h[HM_MAXN];
     real e[HM_MAXN];
     real Ar[HM_MAXN];
@@ -168,9 +174,9 @@ HM_INLINE void HM_FN(fwd_row)(const real *u, const real *dl, const real *Arow, c
     const real Dd = Dp ? *Dp : (real)0;
     const real bias = biasp ? *biasp : (real)0;
     for (int64_t t = 0; t < L; t++) {
-        real x = dl[t] + bias;
+        real x = dl[t * st] + bias;
         real dt = softplus ? HM_SOFTPLUS(x) : x;
-        real ut = u[t];
+        real ut = u[t * st];
         real dtu = dt * ut;
         const real *Bt = Bp + t * N;
         const real *Ct = Cp + t * N;
@@ -189,21 +195,21 @@ HM_INLINE void HM_FN(fwd_row)(const real *u, const real *dl, const real *Arow, c
             dts[t] = dt;
             ypre[t] = y;
         }
-        if (out) out[t] = z ? y * z[t] * HM_SIGMOID(z[t]) : y;
+        if (out) out[t * st] = z ? y * z[t * st] * HM_SIGMOID(z[t * st]) : y;
     }
     if (last)
         for (int64_t n = 0; n < N; n++) last[n] = h[n];
 }
 
 /* One row backward, after fwd_row filled Hs, Es, dts, ypre. go: (L,) or NULL; glast, dh0: (N,) or
- * NULL; dB, dC: (L, N) accumulated (+=); dA_acc: (N,) accumulated in double; dD_acc, dbias_acc:
+ * NULL; u, dl, z, go, du, ddelta, dz: stride st; dB, dC: (L, N) accumulated (+=); dA_acc: (N,) accumulated in double; dD_acc, dbias_acc:
  * accumulated in double. du, ddelta, dz: (L,) written. */
 HM_INLINE void HM_FN(bwd_row)(const real *u, const real *dl, const real *Arow, const real *Bp,
                                const real *Cp, const real *Dp, const real *z, const real *biasp,
                                int softplus, const real *h0, const real *go, const real *glast,
                                int64_t L, int64_t N, const real *Hs, const real *Es, const real *dts,
                                const real *ypre, real *du, real *ddelta, real *dz, real *dB, real *dC,
-                               double *dA_acc, double *dD_acc, double *dbias_acc, real *dh0) {
+                               double *dA_acc, double *dD_acc, double *dbias_acc, real *dh0, int64_t st) {
     real g[HM_MAXN];
     real dAr[HM_MAXN];
     real Ar[HM_MAXN];
@@ -216,15 +222,15 @@ HM_INLINE void HM_FN(bwd_row)(const real *u, const real *dl, const real *Arow, c
     const real bias = biasp ? *biasp : (real)0;
     double dD_row = 0, dbias_row = 0;
     for (int64_t t = L - 1; t >= 0; t--) {
-        real gout = go ? go[t] : (real)0;
+        real gout = go ? go[t * st] : (real)0;
         real gy = gout;
         if (z) {
-            real zt = z[t];
+            real zt = z[t * st];
             real sg = HM_SIGMOID(zt);
             gy = gout * zt * sg;
-            if (dz) dz[t] = gout * ypre[t] * sg * ((real)1 + zt * ((real)1 - sg));
+            if (dz) dz[t * st] = gout * ypre[t] * sg * ((real)1 + zt * ((real)1 - sg));
         }
-        real ut = u[t];
+        real ut = u[t * st];
         real dt = dts[t];
         real dtu = dt * ut;
         dD_row += (double)(gy * ut);
@@ -258,13 +264,13 @@ HM_INLINE void HM_FN(bwd_row)(const real *u, const real *dl, const real *Arow, c
                 g[n] = gn * Et[n];
             }
         }
-        du[t] = ddtu * dt + gy * Dd;
+        du[t * st] = ddtu * dt + gy * Dd;
         ddt += ddtu * ut;
         if (softplus) {
-            real x = dl[t] + bias;
+            real x = dl[t * st] + bias;
             if (x <= (real)20) ddt *= HM_SIGMOID(x);
         }
-        ddelta[t] = ddt;
+        ddelta[t * st] = ddt;
         dbias_row += (double)ddt;
     }
     for (int64_t n = 0; n < N; n++) dA_acc[n] += (double)dAr[n];
@@ -277,26 +283,36 @@ HM_INLINE void HM_FN(bwd_row)(const real *u, const real *dl, const real *Arow, c
 
 /* ---------------------------------------------------------------- tiles of HM_W channels */
 
-/* (HM_W rows of length L, row stride L) -> time-major (L, HM_W) */
-HM_INLINE void HM_FN(gather)(real *dst, const real *src, int64_t L) {
-    for (int64_t j = 0; j < HM_W; j++)
-        for (int64_t t = 0; t < L; t++) dst[t * HM_W + j] = src[j * L + t];
+/* HM_W channels of length L -> time-major (L, HM_W). st: the time stride; channels are L apart
+ * when st == 1 (channels first), else adjacent (channels last: each time step is one HM_W block). */
+HM_INLINE void HM_FN(gather)(real *dst, const real *src, int64_t L, int64_t st) {
+    if (st == 1) {
+        for (int64_t j = 0; j < HM_W; j++)
+            for (int64_t t = 0; t < L; t++) dst[t * HM_W + j] = src[j * L + t];
+    } else {
+        for (int64_t t = 0; t < L; t++) memcpy(dst + t * HM_W, src + t * st, sizeof(real) * HM_W);
+    }
 }
 
-/* time-major (L, HM_W) -> HM_W rows of length L */
-HM_INLINE void HM_FN(scatter)(real *dst, const real *src, int64_t L) {
-    for (int64_t j = 0; j < HM_W; j++)
-        for (int64_t t = 0; t < L; t++) dst[j * L + t] = src[t * HM_W + j];
+/* time-major (L, HM_W) -> HM_W channels of length L (layout as in gather) */
+HM_INLINE void HM_FN(scatter)(real *dst, const real *src, int64_t L, int64_t st) {
+    if (st == 1) {
+        for (int64_t j = 0; j < HM_W; j++)
+            for (int64_t t = 0; t < L; t++) dst[j * L + t] = src[t * HM_W + j];
+    } else {
+        for (int64_t t = 0; t < L; t++) memcpy(dst + t * st, src + t * HM_W, sizeof(real) * HM_W);
+    }
 }
 
 /* Tile inputs: U = u, XR = delta + bias, X = dt (softplus of XR or XR), Z = z (if z), all (L, HM_W);
- * AT (N, HM_W) = A of the tile's channels, transposed. r0: first row, d0: its channel. */
+ * AT (N, HM_W) = A of the tile's channels, transposed. o0: offset of the tile's first element, st: the
+ * time stride (see gather), d0: the tile's first channel. */
 HM_INLINE void HM_FN(tile_inputs)(const real *u, const real *delta, const real *A, const real *z,
-                                   const real *delta_bias, int softplus, int64_t r0, int64_t d0, int64_t L,
-                                   int64_t N, real *U, real *XR, real *X, real *Z, real *AT) {
-    HM_FN(gather)(U, u + r0 * L, L);
-    HM_FN(gather)(XR, delta + r0 * L, L);
-    if (z) HM_FN(gather)(Z, z + r0 * L, L);
+                                   const real *delta_bias, int softplus, int64_t o0, int64_t st, int64_t d0,
+                                   int64_t L, int64_t N, real *U, real *XR, real *X, real *Z, real *AT) {
+    HM_FN(gather)(U, u + o0, L, st);
+    HM_FN(gather)(XR, delta + o0, L, st);
+    if (z) HM_FN(gather)(Z, z + o0, L, st);
     real bias[HM_W];
     for (int64_t j = 0; j < HM_W; j++) bias[j] = delta_bias ? delta_bias[d0 + j] : (real)0;
     for (int64_t t = 0; t < L; t++) {
@@ -469,8 +485,8 @@ static int HM_FN(tile_ok)(int64_t d0, int64_t dim, int64_t dg, int64_t dgc) {
 int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const real *B, const real *C,
                        const real *D, const real *z, const real *delta_bias, const real *h0,
                        real *out, real *last, int64_t batch, int64_t dim, int64_t L, int64_t N,
-                       int64_t G, int64_t Gc, int softplus, int nthreads) {
-    const int64_t dg = dim / G, dgc = dim / Gc;
+                       int64_t G, int64_t Gc, int softplus, int channels_last, int nthreads) {
+    const int64_t dg = dim / G, dgc = dim / Gc, st = HM_TS;
     const int64_t per_b = (dim + HM_W - 1) / HM_W, units = batch * per_b;
     int failed = 0;
     (void)nthreads;
@@ -489,25 +505,26 @@ int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const re
                 const int64_t r0 = b * dim + d0;
                 real *U = work, *XR = U + L * HM_W, *X = XR + L * HM_W, *Z = X + L * HM_W;
                 real *AT = Z + L * HM_W, *h = AT + N * HM_W, *Y = XR; /* XR is free after tile_inputs */
-                HM_FN(tile_inputs)(u, delta, A, z, delta_bias, softplus, r0, d0, L, N, U, XR, X, Z, AT);
+                const int64_t o0 = HM_OFF(b, d0);
+                HM_FN(tile_inputs)(u, delta, A, z, delta_bias, softplus, o0, st, d0, L, N, U, XR, X, Z, AT);
                 for (int64_t n = 0; n < N; n++)
                     for (int64_t j = 0; j < HM_W; j++) h[n * HM_W + j] = h0 ? h0[(r0 + j) * N + n] : (real)0;
                 const real *Bp = B + ((b * G + d0 / dg) * L) * N, *Cp = C + ((b * Gc + d0 / dgc) * L) * N;
                 HM_DISPATCH_N(HM_FN(fwd_tile)(U, X, AT, Bp, Cp, D ? D + d0 : NULL, z ? Z : NULL, h, Y, NULL,
                                               NULL, NULL, 0, L, NN))
-                HM_FN(scatter)(out + r0 * L, Y, L);
+                HM_FN(scatter)(out + o0, Y, L, st);
                 if (last)
                     for (int64_t n = 0; n < N; n++)
                         for (int64_t j = 0; j < HM_W; j++) last[(r0 + j) * N + n] = h[n * HM_W + j];
             } else {
                 const int64_t d1 = d0 + HM_W < dim ? d0 + HM_W : dim;
                 for (int64_t d = d0; d < d1; d++) {
-                    const int64_t r = b * dim + d;
+                    const int64_t r = b * dim + d, o = HM_OFF(b, d);
                     const real *Bp = B + ((b * G + d / dg) * L) * N, *Cp = C + ((b * Gc + d / dgc) * L) * N;
-                    HM_DISPATCH_N(HM_FN(fwd_row)(u + r * L, delta + r * L, A + d * N, Bp, Cp, D ? D + d : NULL,
-                                                 z ? z + r * L : NULL, delta_bias ? delta_bias + d : NULL,
-                                                 softplus, h0 ? h0 + r * N : NULL, out + r * L,
-                                                 last ? last + r * N : NULL, L, NN, NULL, NULL, NULL, NULL))
+                    HM_DISPATCH_N(HM_FN(fwd_row)(u + o, delta + o, A + d * N, Bp, Cp, D ? D + d : NULL,
+                                                 z ? z + o : NULL, delta_bias ? delta_bias + d : NULL,
+                                                 softplus, h0 ? h0 + r * N : NULL, out + o,
+                                                 last ? last + r * N : NULL, L, NN, NULL, NULL, NULL, NULL, st))
                 }
             }
         }
@@ -516,7 +533,7 @@ int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const re
     return failed;
 }
 
-/* Backward. gout (batch, dim, L) and glast (batch, dim, N) may be NULL (zero). Writes du, ddelta
+/* Backward. gout (batch, dim, L) (or (batch, L, dim), like u) and glast (batch, dim, N) may be NULL (zero). Writes du, ddelta
  * (gradient of the raw delta), dA, dB, dC and, where not NULL, dD, dz, ddelta_bias, dh0.
  * Returns 0, or 1 when a work buffer could not be allocated. */
 int HM_FN(hm_scan_bwd)(const real *u, const real *delta, const real *A, const real *B, const real *C,
@@ -524,7 +541,8 @@ int HM_FN(hm_scan_bwd)(const real *u, const real *delta, const real *A, const re
                        const real *gout, const real *glast, real *du, real *ddelta, real *dA, real *dB,
                        real *dC, real *dD, real *dz, real *ddelta_bias, real *dh0, int64_t batch,
                        int64_t dim, int64_t L, int64_t N, int64_t G, int64_t Gc, int softplus,
-                       int nthreads) {
+                       int channels_last, int nthreads) {
+    const int64_t st = HM_TS;
     const int64_t dg = dim / G, dgc = dim / Gc, LW = L * HM_W, LNW = L * N * HM_W, NW = N * HM_W;
     double *acc = (double *)calloc((size_t)(dim * (N + 2)), sizeof(double)); /* dA | dD | dbias */
     if (!acc) return 1;
@@ -566,8 +584,9 @@ int HM_FN(hm_scan_bwd)(const real *u, const real *delta, const real *A, const re
                         memset(dCL, 0, sizeof(real) * (size_t)LNW);
                         curC = gc;
                     }
-                    HM_FN(tile_inputs)(u, delta, A, z, delta_bias, softplus, r0, d0, L, N, U, XR, X, Z, AT);
-                    if (gout) HM_FN(gather)(GO, gout + r0 * L, L);
+                    const int64_t o0 = HM_OFF(b, d0);
+                    HM_FN(tile_inputs)(u, delta, A, z, delta_bias, softplus, o0, st, d0, L, N, U, XR, X, Z, AT);
+                    if (gout) HM_FN(gather)(GO, gout + o0, L, st);
                     for (int64_t n = 0; n < N; n++)
                         for (int64_t j = 0; j < HM_W; j++) {
                             g[n * HM_W + j] = h0 ? h0[(r0 + j) * N + n] : (real)0; /* initial state */
@@ -584,9 +603,9 @@ int HM_FN(hm_scan_bwd)(const real *u, const real *delta, const real *A, const re
                                 g[n * HM_W + j] = glast ? glast[(r0 + j) * N + n] : (real)0;
                         HM_FN(bwd_tile)(U, XR, X, AT, Bp, Cp, Dv, Zt, h0 ? h0T : NULL, gout ? GO : NULL, g, Hs,
                                         Es, Ypre, softplus, dU, dX, dZ, dBL, dCL, dAr, dDr, dbr, L, NN))
-                    HM_FN(scatter)(du + r0 * L, dU, L);
-                    HM_FN(scatter)(ddelta + r0 * L, dX, L);
-                    if (dz) HM_FN(scatter)(dz + r0 * L, dZ, L);
+                    HM_FN(scatter)(du + o0, dU, L, st);
+                    HM_FN(scatter)(ddelta + o0, dX, L, st);
+                    if (dz) HM_FN(scatter)(dz + o0, dZ, L, st);
                     for (int64_t j = 0; j < HM_W; j++) {
                         const int64_t d = d0 + j;
                         for (int64_t n = 0; n < N; n++) {
@@ -599,19 +618,19 @@ int HM_FN(hm_scan_bwd)(const real *u, const real *delta, const real *A, const re
                 } else {
                     const int64_t d1 = d0 + HM_W < dim ? d0 + HM_W : dim;
                     for (int64_t d = d0; d < d1; d++) {
-                        const int64_t r = b * dim + d;
+                        const int64_t r = b * dim + d, o = HM_OFF(b, d);
                         const real *Bp = B + ((b * G + d / dg) * L) * N;
                         const real *Cp = C + ((b * Gc + d / dgc) * L) * N;
-                        const real *Dp = D ? D + d : NULL, *zr = z ? z + r * L : NULL;
+                        const real *Dp = D ? D + d : NULL, *zr = z ? z + o : NULL;
                         const real *bp = delta_bias ? delta_bias + d : NULL, *h0r = h0 ? h0 + r * N : NULL;
                         HM_DISPATCH_N(
-                            HM_FN(fwd_row)(u + r * L, delta + r * L, A + d * N, Bp, Cp, Dp, zr, bp, softplus, h0r,
-                                           NULL, NULL, L, NN, rHs, rEs, rdts, rypre);
-                            HM_FN(bwd_row)(u + r * L, delta + r * L, A + d * N, Bp, Cp, Dp, zr, bp, softplus, h0r,
-                                           gout ? gout + r * L : NULL, glast ? glast + r * N : NULL, L, NN, rHs,
-                                           rEs, rdts, rypre, du + r * L, ddelta + r * L, dz ? dz + r * L : NULL,
+                            HM_FN(fwd_row)(u + o, delta + o, A + d * N, Bp, Cp, Dp, zr, bp, softplus, h0r,
+                                           NULL, NULL, L, NN, rHs, rEs, rdts, rypre, st);
+                            HM_FN(bwd_row)(u + o, delta + o, A + d * N, Bp, Cp, Dp, zr, bp, softplus, h0r,
+                                           gout ? gout + o : NULL, glast ? glast + r * N : NULL, L, NN, rHs,
+                                           rEs, rdts, rypre, du + o, ddelta + o, dz ? dz + o : NULL,
                                            dBb + (d / dg) * L * N, dCb + (d / dgc) * L * N, tacc + d * N,
-                                           tacc + dim * N + d, tacc + dim * (N + 1) + d, dh0 ? dh0 + r * N : NULL))
+                                           tacc + dim * N + d, tacc + dim * (N + 1) + d, dh0 ? dh0 + r * N : NULL, st))
                     }
                 }
             }

@@ -16,6 +16,12 @@ scan (``selective_scan_torch``), forward and forward+backward, at (64, 256, 243,
 lifter's own scan shapes, the two alternating run by run (best of ``--repeats``); ``--train-step``
 adds forward+backward of the ``tiny`` model's lifter on a (16 windows, 16 frames, 17 joints) batch
 with ``HMRMAMBA_SCAN=torch`` and with the fused scan, alternating.
+
+``--layout`` times one ``Mamba`` block as it runs (channels last: the fused kernel reads (B, L, D),
+the causal conv is shifted multiply-adds) against the same weights run channels first
+(:func:`channels_first_mamba`: ``in_proj``, transpose, ``F.conv1d``, the (B, D, L) scan, transpose,
+``out_proj``), at the hmrmamba-s spatial-block shape and the tiny lifter's, forward and
+forward+backward, alternating.
 """
 
 from __future__ import annotations
@@ -189,6 +195,63 @@ def time_train_step(repeats: int, clock: str = "wall", windows: int = 16, frames
     print(f"| speed-up | {best['torch'] / best['fused']:.2f}x |", flush=True)
 
 
+#: (batch, L, d_model) of one Mamba call: hmrmamba-s's spatial blocks at T=243 (21 scan steps per frame),
+#: the tiny lifter's temporal-kinematic and spatial scans on a (16 windows, 16 frames) batch
+LAYOUT_SHAPES = [(1, 5103, 256), (16, 336, 32), (256, 21, 32)]
+
+
+def channels_first_mamba(m, x: torch.Tensor) -> torch.Tensor:
+    """``m`` (a :class:`hmrmamba.ssm.Mamba`) run channels first: x (B, L, d_model) -> (B, L, d_model)."""
+    import torch.nn.functional as F
+
+    seqlen = x.shape[1]
+    xz = m.in_proj(x).transpose(1, 2)  # (B, 2 d_inner, L)
+    u, z = xz.chunk(2, dim=1)
+    u = m.act(m.conv1d(u)[..., :seqlen])
+    dt, Bm, Cm = torch.split(m.x_proj(u.transpose(1, 2)), [m.dt_rank, m.d_state, m.d_state], dim=-1)
+    dt = F.linear(dt, m.dt_proj.weight).transpose(1, 2)
+    y = selective_scan(u.contiguous(), dt.contiguous(), m._A(), Bm.transpose(1, 2).contiguous(),
+                       Cm.transpose(1, 2).contiguous(), m.D.float(), z=z.contiguous(),
+                       delta_bias=m.dt_proj.bias.float(), delta_softplus=True)
+    return m.out_proj(y.transpose(1, 2))
+
+
+def time_layouts(repeats: int, clock: str = "wall") -> None:
+    """Print one Mamba block's forward and forward+backward, channels last (as it runs) vs channels first."""
+    from hmrmamba.ssm import Mamba
+
+    now = CLOCKS[clock]
+    print("| (B, L, d_model) | channels-first fwd (ms) | channels-last fwd (ms) | speed-up "
+          "| channels-first fwd+bwd (ms) | channels-last fwd+bwd (ms) | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for shape in LAYOUT_SHAPES:
+        torch.manual_seed(0)
+        m = Mamba(shape[2])
+        x = torch.randn(*shape)
+        calls = {"first": lambda xx: channels_first_mamba(m, xx), "last": m}
+        with torch.no_grad():
+            diff = (calls["first"](x) - calls["last"](x)).abs().max().item()
+        best = {(k, mode): float("inf") for k in calls for mode in ("fwd", "fb")}
+        for i in range(repeats + 1):
+            for k, fn in calls.items():
+                with torch.inference_mode():
+                    t0 = now()
+                    fn(x)
+                    fwd = now() - t0
+                xx = x.clone().requires_grad_()
+                m.zero_grad(set_to_none=True)
+                t0 = now()
+                fn(xx).square().sum().backward()
+                fb = now() - t0
+                if i:  # the first round warms up
+                    best[k, "fwd"] = min(best[k, "fwd"], fwd)
+                    best[k, "fb"] = min(best[k, "fb"], fb)
+        f1, f2, b1, b2 = (best[k] * 1e3 for k in (("first", "fwd"), ("last", "fwd"), ("first", "fb"), ("last", "fb")))
+        print(f"| {shape} | {f1:.1f} | {f2:.1f} | {f1 / f2:.2f}x | {b1:.1f} | {b2:.1f} | {b1 / b2:.2f}x |", flush=True)
+        if diff > 1e-4:
+            print(f"(outputs differ by {diff:.1e}: check the layouts)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -205,8 +268,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fused", action="store_true",
                     help="fused C scan vs blocked PyTorch scan at FUSED_SHAPES (instead of the reference table)")
     ap.add_argument("--train-step", action="store_true", help="with --fused: also time the tiny lifter's step")
+    ap.add_argument("--layout", action="store_true",
+                    help="one Mamba block channels last (as it runs) vs channels first, at LAYOUT_SHAPES")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.layout:
+        cpu = platform.processor() or platform.machine()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs; "
+              f"float32; {args.clock} clock, best of {args.repeats}, the two layouts alternating; "
+              f"cpu scan: {cpu_scan_status()}\n")
+        time_layouts(args.repeats, args.clock)
+        return
     if args.fused:
         cpu = platform.processor() or platform.machine()
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} CPUs; "

@@ -237,3 +237,28 @@ def test_amass_folder_gives_its_poses_at_the_dataset_rate(tmp_path):
     assert clip.pelvis_height is None  # AMASS root paths stay in metres
     other = {f.label for fs in plan["test"].files.values() for f in fs}
     assert other == {"clip0.npz", "clip1.npz"} - {name}
+
+
+def test_mocap_root_paths_are_scaled_to_the_subject(tmp_path):
+    from hmrmamba.body.body_model import save_body_model
+    from hmrmamba.body.procedural import build_procedural_smpl
+    from hmrmamba.data.synthetic.maker import SplitSpec, SyntheticConfig, SyntheticMaker
+    from hmrmamba.data.synthetic.motion import MotionClip
+
+    path = tmp_path / "body.npz"
+    save_body_model(path, build_procedural_smpl(seed=0))
+    maker = SyntheticMaker(SyntheticConfig(splits=(SplitSpec("train", 1, 1),)), path)
+    tall, short = np.zeros(10, np.float32), np.zeros(10, np.float32)
+    tall[0], short[0] = 2.0, -2.0
+    h_tall, h_short = maker.standing_pelvis_height(tall), maker.standing_pelvis_height(short)
+    assert h_tall > 1.05 * h_short  # beta 0 is height in the procedural body
+    trans = np.c_[np.linspace(0, 1, 5), np.full(5, 0.9), np.zeros(5)].astype(np.float32) + [2.0, 0.0, 1.0]
+    pose = np.zeros((5, 72), np.float32)
+    amass = MotionClip(pose=pose, trans=trans, fps=25.0, kind="amass", betas=tall)
+    got = maker.scaled_root_path(amass, short)  # a shorter subject takes shorter strides from the same start
+    np.testing.assert_allclose(got[0], trans[0], atol=1e-6)
+    np.testing.assert_allclose(got - got[0], (trans - trans[0]) * (h_short / h_tall), rtol=1e-5, atol=1e-6)
+    bvh = MotionClip(pose=pose, trans=trans, fps=25.0, kind="bvh", pelvis_height=2 * h_short)
+    np.testing.assert_allclose(maker.scaled_root_path(bvh, short), trans / 2, rtol=1e-5)
+    procedural = MotionClip(pose=pose, trans=trans, fps=25.0, kind="walk")
+    assert maker.scaled_root_path(procedural, short) is trans

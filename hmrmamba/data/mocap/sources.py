@@ -19,8 +19,9 @@ splits (say a folder given both as ``bvh`` and as a split's ``bvh:<folder>``) is
 
 A sequence from a motion file is a random window of ``synthetic.frames`` frames of a random file of
 its split, after resampling to ``synthetic.fps`` (slerp). The body is the split's subject: the file
-gives joint rotations (BVH: retargeted by the joint map), the subject's body its bone lengths; a BVH
-root path is scaled by the ratio of the subject's pelvis height to the mocap actor's.
+gives joint rotations (BVH: retargeted by the joint map), the subject's body its bone lengths; the
+root path's strides are scaled by the ratio of the subject's pelvis height to the mocap actor's (BVH:
+the skeleton's; AMASS: the body model with the file's betas).
 
 Everything is read and checked before any rendering (:func:`plan_motion`): a folder with no usable
 file, a BVH the joint map cannot place, an AMASS file without poses, a frame rate below

@@ -196,12 +196,28 @@ class SyntheticMaker:
         rest = self.smpl(betas=torch.as_tensor(betas, dtype=torch.float32, device=self.device)[None])
         return float(rest.joints[0, 0, 1] - rest.vertices[0, :, 1].min())
 
+    def scaled_root_path(self, clip, betas: np.ndarray) -> np.ndarray:
+        """The clip's root path (T, 3) for the subject with ``betas``: strides scaled by the subject's standing
+        pelvis height over the mocap actor's, so that feet do not slide.
+
+        BVH: the actor's height comes from the skeleton (``clip.pelvis_height``) and the path, relative to
+        standing on the floor, is scaled as a whole. AMASS: the actor is this body model with the file's
+        betas, and the displacement from the first frame is scaled (the path is SMPL's ``transl``, not
+        relative to standing). Procedural motion is made for the subject's body and is returned as is.
+        """
+        if clip.pelvis_height:
+            return clip.trans * np.float32(self.standing_pelvis_height(betas) / clip.pelvis_height)
+        if clip.betas is not None:
+            ratio = self.standing_pelvis_height(betas) / self.standing_pelvis_height(clip.betas)
+            return (clip.trans[:1] + (clip.trans - clip.trans[:1]) * np.float32(ratio)).astype(clip.trans.dtype)
+        return clip.trans
+
     def sequences(self, split: SplitSpec, subjects: list[str], motion=None) -> Iterator[dict]:
         """Yield one dict per sequence with per-frame arrays and per-sequence fields.
 
         motion: the split's :class:`~hmrmamba.data.mocap.sources.SplitMotion` (None: procedural only).
-        A mocap clip keeps its joint rotations; bone lengths are the subject's, and a BVH root path
-        is scaled by the subject's pelvis height over the mocap actor's.
+        A mocap clip keeps its joint rotations; bone lengths are the subject's, and its root path is
+        scaled by the subject's pelvis height over the mocap actor's (:meth:`scaled_root_path`).
         """
         from hmrmamba.data.synthetic.motion import random_motion, sample_betas
         from hmrmamba.render.raster import render_mesh
@@ -219,9 +235,7 @@ class SyntheticMaker:
                 clip = random_motion(rng, num_frames=n, fps=cfg.fps, kinds=cfg.motions)
             n = clip.num_frames
             betas = betas_of[subject].astype(np.float32)
-            trans = clip.trans
-            if clip.pelvis_height:
-                trans = trans * np.float32(self.standing_pelvis_height(betas) / clip.pelvis_height)
+            trans = self.scaled_root_path(clip, betas)
             trans_w = limit_travel(trans, cfg.max_travel)
             verts_w, pelvis_rest = self._pose(clip.pose, betas, trans_w)
             joints_w = torch.einsum("jv,tvc->tjc", self.j_h36m, verts_w).numpy()

@@ -264,20 +264,6 @@ def test_channels_last_matches_reference_and_the_pytorch_fallback(monkeypatch, f
     assert_same(fast, outputs_and_grads(_channels_last_scan, inp))
 
 
-@needs_fused
-@pytest.mark.parametrize("case", ["delta", "B", "initial_state", "nan"])
-def test_channels_last_raises_the_reference_errors(case, fused_on):
-    inp = {k: v.detach() for k, v in make_inputs(L=5).items()}
-    base = {"u": inp["u"], "delta": inp["delta"], "A": inp["A"], "B": inp["B"], "C": inp["C"]}
-    args = {**base, **BAD_INPUTS[case](inp)}
-    messages = []
-    for fn in (_channels_last_scan, selective_scan_ref):
-        with pytest.raises(InputError) as err:
-            fn(**args)
-        messages.append(str(err.value))
-    assert messages[0] == messages[1]
-
-
 def test_channels_last_rejects_a_flat_input():
     with pytest.raises(InputError, match="u.*batch, seqlen, channels"):
         scan_channels_last(torch.zeros(4, 6), torch.zeros(4, 6), torch.zeros(6, 2), torch.zeros(1, 4, 2),
@@ -319,14 +305,20 @@ BAD_INPUTS = {
 }
 
 
+#: (scan, bad input): the fused path in both layouts; channels last has no 2-D u nor B/C groups to get wrong
+ERROR_CASES = [(selective_scan, c) for c in sorted(BAD_INPUTS)] + [
+    (_channels_last_scan, c) for c in sorted(BAD_INPUTS) if c not in ("u dim", "C groups")]
+
+
 @needs_fused
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_fused_path_raises_the_same_input_error_as_reference(case, fused_on):
+@pytest.mark.parametrize(("scan", "case"), ERROR_CASES,
+                         ids=[f"{'last' if f is _channels_last_scan else 'first'}-{c}" for f, c in ERROR_CASES])
+def test_fused_path_raises_the_same_input_error_as_reference(scan, case, fused_on):
     inp = {k: v.detach() for k, v in make_inputs(L=5).items()}
     base = {"u": inp["u"], "delta": inp["delta"], "A": inp["A"], "B": inp["B"], "C": inp["C"]}
     args = {**base, **BAD_INPUTS[case](inp)}
     messages = []
-    for fn in (selective_scan, selective_scan_ref):
+    for fn in (scan, selective_scan_ref):
         with pytest.raises(InputError) as err:
             fn(**args)
         messages.append(str(err.value))

@@ -191,13 +191,17 @@ def mean_pose_baseline(layout, *, split: str, detector: str, dataset: str) -> di
 
 # -- rendering ---------------------------------------------------------------------------------------
 
-def _spread(values: Sequence[float]) -> str:
+#: decimals per metric in the tables (ratios and mm-scale edge errors need more than one)
+DECIMALS = {"roughness": 3, "edge_err": 2}
+
+
+def _spread(values: Sequence[float], decimals: int = 1) -> str:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "–"
     if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+        return f"{vals[0]:.{decimals}f}"
+    return f"{statistics.mean(vals):.{decimals}f} ± {statistics.stdev(vals):.{decimals}f}"
 
 
 def _cells(runs: Sequence[Run], results: Mapping[str, Mapping[str, Any]], dataset: str,
@@ -208,7 +212,7 @@ def _cells(runs: Sequence[Run], results: Mapping[str, Mapping[str, Any]], datase
         for r in runs:
             m = results[r.label].get("stage1", {}) if stage == "stage1" else results[r.label]
             vals.append(m.get(dataset, {}).get(k, float("nan")))
-        out.append(_spread(vals))
+        out.append(_spread(vals, DECIMALS.get(k, 1)))
     return out
 
 
@@ -250,7 +254,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
             rows.append([f"`{v}`", f"{params_m:.2f}" if params_m else "–",
                          *_cells(runs, results, dataset), _cells(runs, results, dataset, ("mpjpe",), "stage1")[0]])
         if baseline:
-            rows.append(["mean pose (no model)", "0", *(_spread([baseline.get(k, float("nan"))])
+            rows.append(["mean pose (no model)", "0", *(_spread([baseline.get(k, float("nan"))], DECIMALS.get(k, 1))
                                                         for k in METRICS), "–"])
         lines += _table(["model", "params (M)", *(HEADERS[k] for k in METRICS), "stage-1 MPJPE ↓"], rows)
     t2 = plan.tables.get("table2", {})
@@ -419,14 +423,16 @@ def run_projects(root: Path, plan: Plan) -> dict[Run, Path]:
     return {r: root / SCRATCH / r.label for r in plan.runs()}
 
 
-def machine_line() -> str:
+def machine_line(params: Mapping[str, Any]) -> str:
+    """This machine and the torch threads each run trained with (``runtime.threads``, not this process's)."""
     import os
     import platform
 
     import torch
 
+    threads = params.get("runtime", {}).get("threads")
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+            f"torch {torch.__version__}, {threads if threads else 'all'} torch thread(s) per run")
 
 
 def write_document(root: Path, params: Mapping[str, Any], *, command: str = "python flows/results.py") -> Path:
@@ -449,7 +455,7 @@ def write_document(root: Path, params: Mapping[str, Any], *, command: str = "pyt
         feat = json.loads(feat_json.read_text()).get("probe", {})
         probe = {"probe_mm": feat.get("probe_mm"), "floor_mm": feat.get("floor_mm")} if feat else None
     md = render(plan, found, params=params, dataset=dataset, baseline=baseline,
-                detector_errors=detector_errors, machine=machine_line(), command=command, probe=probe)
+                detector_errors=detector_errors, machine=machine_line(params), command=command, probe=probe)
     out = resolve_path(root, params.get("results", {}).get("output", "docs/results.md"), field="results.output")
     payload = {"dataset": dataset, "profile": params.get("profile"), "mean_pose": baseline,
                "tables": {t: {row: [r.label for r in runs] for row, runs in rows.items()}

@@ -283,8 +283,7 @@ def render(plan: Plan, results: Mapping[str, Mapping[str, Any]], *, params: Mapp
 
 
 def _mean(runs: Sequence[Run], results: Mapping[str, Mapping[str, Any]], dataset: str, key: str) -> float:
-    vals = [results[r.label].get(dataset, {}).get(key, float("nan")) for r in runs]
-    vals = [v for v in vals if not math.isnan(v)]
+    vals = list(_per_seed(runs, results, dataset, key).values())
     return statistics.mean(vals) if vals else float("nan")
 
 

@@ -147,6 +147,11 @@ class _FusedScanFn(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
 
 
+def _compute(t: torch.Tensor | None, cdt: torch.dtype) -> torch.Tensor | None:
+    """An optional input as the kernel takes it: contiguous, in the compute dtype."""
+    return None if t is None else t.to(cdt).contiguous()
+
+
 def _time_last(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
     """B or C (B, N, L) | (B, G, N, L) -> contiguous (B, G, L, N) in the compute dtype."""
     if t.dim() == 3:
@@ -164,11 +169,8 @@ def fused_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.T
     initial_state: (B, D, N). Differentiable in every tensor input.
     """
 
-    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(cdt).contiguous()
-
-    return _FusedScanFn.apply(conv(u), conv(delta), conv(A), _time_last(B, cdt), _time_last(C, cdt), conv(D),
-                              conv(z), conv(delta_bias), conv(initial_state), bool(delta_softplus))
+    return _FusedScanFn.apply(*(_compute(t, cdt) for t in (u, delta, A)), _time_last(B, cdt), _time_last(C, cdt),
+                              *(_compute(t, cdt) for t in (D, z, delta_bias, initial_state)), bool(delta_softplus))
 
 
 def fused_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -183,8 +185,6 @@ def fused_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     contiguous block per time step instead of 16 strided rows), so outputs match it bit for bit.
     """
 
-    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(cdt).contiguous()
-
-    return _FusedScanFn.apply(conv(u), conv(delta), conv(A), conv(B).unsqueeze(1), conv(C).unsqueeze(1), conv(D),
-                              conv(z), conv(delta_bias), conv(initial_state), bool(delta_softplus), True)
+    return _FusedScanFn.apply(*(_compute(t, cdt) for t in (u, delta, A)), _compute(B, cdt).unsqueeze(1),
+                              _compute(C, cdt).unsqueeze(1), *(_compute(t, cdt) for t in (D, z, delta_bias, initial_state)),
+                              bool(delta_softplus), True)

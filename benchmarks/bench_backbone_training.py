@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from hmrmamba.data.h5schema import Field, read_split, read_table
+from hmrmamba.features.backbone_training import normalise_crops as normalise
+from hmrmamba.features.backbone_training import recolor, soft_argmax
 from hmrmamba.features.crops import bbox_from_keypoints, crop_and_resize
 from hmrmamba.features.extract import extract_features
 from hmrmamba.features.probe import feature_probe
@@ -53,17 +55,11 @@ def load_split(layout: Layout, split: str) -> dict[str, np.ndarray]:
             "boxes": boxes}
 
 
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits (B, J, h, w) -> expected cell centres (B, J, 2) in crop coordinates [-1, 1] (x, y)."""
-    b, j, h, w = logits.shape
-    prob = logits.flatten(2).softmax(-1).reshape(b, j, h, w)
-    gy = (torch.arange(h, dtype=prob.dtype) + 0.5) / h * 2 - 1
-    gx = (torch.arange(w, dtype=prob.dtype) + 0.5) / w * 2 - 1
-    return torch.stack([(prob.sum(2) * gx).sum(-1), (prob.sum(3) * gy).sum(-1)], -1)
-
-
-def train_full(net: ResNet50, train: dict, *, steps: int, batch: int, lr: float, rng: np.random.Generator):
+def train_full(net: ResNet50, train: dict, *, steps: int, batch: int, lr: float, rng: np.random.Generator,
+               bf16: bool = False, color: bool = False):
     """Train the whole network; returns the last step's 3D loss (mm)."""
+    if bf16:
+        net.to(memory_format=torch.channels_last)
     head, heatmap = nn.Linear(2048, 17 * 5), nn.Conv2d(1024, 17, 1)
     params = [*net.parameters(), *head.parameters(), *heatmap.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -76,18 +72,24 @@ def train_full(net: ResNet50, train: dict, *, steps: int, batch: int, lr: float,
         box = train["boxes"][idx].copy()
         box[:, 2:] *= rng.uniform(0.9, 1.15, (batch, 1))
         box[:, :2] += rng.uniform(-0.06, 0.06, (batch, 2)) * box[:, 2:3]
-        x = crop_and_resize(train["image"][idx], box, out_size=CROP)
+        x = crop_and_resize(train["image"][idx], box, out_size=CROP, normalize=not color)
+        if color:  # torch's generator (seeded by --seed), as the train_backbone stage draws it
+            x = normalise(recolor(x))
         y3 = torch.as_tensor(train["joints3d"][idx])
         y2 = torch.as_tensor((train["joints2d"][idx] - box[:, None, :2]) / (box[:, None, 2:3] / 2), dtype=torch.float32)
         mirror = torch.as_tensor(rng.random(batch) < 0.5)
         x[mirror] = x[mirror].flip(-1)
         y3[mirror] = y3[mirror][:, flip] * torch.tensor([-1.0, 1.0, 1.0])
         y2[mirror] = y2[mirror][:, flip] * torch.tensor([-1.0, 1.0])
-        pooled, mid = net.forward_features(x, map_layer="layer3")
-        out = head(pooled)
+        if bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pooled, mid = net.forward_features(x, map_layer="layer3")
+            out = head(pooled).float()
+            mid = heatmap(mid).float()
         l3 = (out[:, :51].reshape(-1, 17, 3) - y3).norm(dim=-1).mean()
         l2 = (out[:, 51:].reshape(-1, 17, 2) - y2).abs().mean()
-        lh = (soft_argmax(heatmap(mid)) - y2).abs().mean()
+        lh = (soft_argmax(mid) - y2).abs().mean()
         opt.zero_grad()
         (5 * l3 + l2 + lh).backward()
         nn.utils.clip_grad_norm_(params, 5.0)
@@ -159,6 +161,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--color", action="store_true", help="colour augmentation (full mode)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast, channels-last (full mode)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -168,7 +172,9 @@ def main() -> None:
     net = ResNet50(init_seed=args.seed)
     start = time.perf_counter()
     if args.mode == "full":
-        last, head3d = train_full(net, data["train"], steps=args.steps, batch=args.batch, lr=args.lr, rng=rng)
+        last, head3d = train_full(net, data["train"], steps=args.steps, batch=args.batch, lr=args.lr, rng=rng,
+                                     bf16=args.bf16, color=args.color)
+        net.to(memory_format=torch.contiguous_format)
         feats = {s: extract_features(d["image"], None, None, boxes=d["boxes"], model=net, crop_size=CROP,
                                      batch_size=64, progress=False)["features"].astype(np.float32)
                  for s, d in data.items()}
@@ -183,7 +189,9 @@ def main() -> None:
     seconds = time.perf_counter() - start
     with torch.no_grad():
         pred = head3d(torch.as_tensor(feats["test"])).reshape(-1, 17, 3).numpy()
+        train_pred = head3d(torch.as_tensor(feats["train"])).reshape(-1, 17, 3).numpy()
     head_mm = float(np.linalg.norm(pred - data["test"]["joints3d"], axis=-1).mean() * 1000)
+    print(f"3D head on train, eval mode: {np.linalg.norm(train_pred - data['train']['joints3d'], axis=-1).mean() * 1000:.0f} mm")
     probe = feature_probe(*[(feats[s], data[s]["joints3d"]) for s in SPLITS])
     print(f"\n| mode | steps x batch | wall s | last train 3D (mm) | head on test (mm) | probe on test (mm) | "
           f"mean-pose floor (mm) |\n|---|---|---:|---:|---:|---:|---:|\n"

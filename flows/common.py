@@ -36,7 +36,7 @@ from hmrmamba.layout import Layout
 from tasks.stages import row_threads, run_chain, stage_task
 
 #: The stages that make the data every variant shares, in order.
-DATA_STAGES: tuple[str, ...] = ("body_model", "prepare", "detect2d", "features")
+DATA_STAGES: tuple[str, ...] = ("body_model", "prepare", "detect2d", "train_backbone", "features")
 #: The stages each variant runs on that data, in order: those that read the ``experiment`` section.
 CHAIN: tuple[str, ...] = ("train_lift", "train_mesh", "evaluate")
 SCRATCH = "outputs/flows"

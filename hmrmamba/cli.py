@@ -24,7 +24,7 @@ from pathlib import Path
 from hmrmamba import __version__
 from hmrmamba.errors import InputError
 
-STAGES = ("body_model", "prepare", "detect2d", "features", "train_lift", "train_mesh", "evaluate",
+STAGES = ("body_model", "prepare", "detect2d", "train_backbone", "features", "train_lift", "train_mesh", "evaluate",
           "efficiency", "report")
 
 

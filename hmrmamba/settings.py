@@ -164,6 +164,38 @@ class FeaturesSettings:
 
 
 @dataclass(frozen=True)
+class BackboneLoss:
+    """The backbone training's loss weights (:func:`hmrmamba.features.backbone_training.backbone_objective`)."""
+
+    joints3d: float = 5.0  # MPJPE of the pooled feature's 3D joints, metres
+    joints2d: float = 1.0  # L1 of the pooled feature's 2D joints, crop half-sides
+    map2d: float = 1.0  # L1 of the 2D joints read off the GA map (soft-argmax), crop half-sides
+
+
+@dataclass(frozen=True)
+class TrainBackboneSettings:
+    """The ``train_backbone`` stage: the ResNet-50 trained on the training split's crops (the SPIN analogue)."""
+
+    enabled: bool = False  # false: the features stage uses features.weights, else the seeded random init
+    epochs: int = 4  # passes over the training frames
+    batch_size: int = 32
+    lr: float = 2.0e-3
+    weight_decay: float = 1.0e-4
+    min_lr_ratio: float = 0.05  # cosine decay over the epochs to lr x this
+    grad_clip: float | None = 5.0
+    precision: str = "auto"  # auto: bf16 where the CPU has it (AVX512-BF16/AMX), else fp32
+    flip: float = 0.5
+    color: bool = True
+    box_scale: tuple[float, float] = (0.9, 1.15)
+    box_shift: float = 0.06
+    val_frames: int = 512  # validation crops (evenly spaced over the val split)
+    seed: int = 0
+    resume: bool = True
+    checkpoint_dir: str = "models/backbone"
+    loss: BackboneLoss = _section(BackboneLoss)
+
+
+@dataclass(frozen=True)
 class ExperimentSettings:
     variant: str = "tiny"
     detector: str = "cpn"
@@ -351,6 +383,7 @@ class Settings:
     synthetic: SyntheticSettings = _section(SyntheticSettings)
     detect2d: Detect2DSettings = _section(Detect2DSettings)
     features: FeaturesSettings = _section(FeaturesSettings)
+    train_backbone: TrainBackboneSettings = _section(TrainBackboneSettings)
     experiment: ExperimentSettings = _section(ExperimentSettings)
     train_lift: TrainLiftSettings = _section(TrainLiftSettings)
     train_mesh: TrainMeshSettings = _section(TrainMeshSettings)
@@ -472,7 +505,20 @@ def parse_settings(params: Mapping[str, Any], *, file: str | Path = PARAMS_FILE)
     check_values(params, file=file)
     s = _parse(Settings, params, "", file)
     _check_sizes(s, params, file)
+    _check_backbone_source(s, file)
     return s
+
+
+def _check_backbone_source(s: Settings, file: str | Path) -> None:
+    """The features come from one backbone: the trained one, a weights file, or imported features."""
+    if not s.train_backbone.enabled:
+        return
+    other = ("features.weights", s.features.weights) if s.features.weights else (
+        ("features.import_path", s.features.import_path) if s.features.import_path else None)
+    if other is not None:
+        raise InputError(f"is true while {other[0]} is set ({other[1]!r}): the trained backbone would be unused",
+                         file=file, field="train_backbone.enabled",
+                         expected=f"false with {other[0]}, or {other[0]}: null to use the trained backbone")
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -84,7 +84,7 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
     from hmrmamba.body.body_model import load_body_arrays
     from hmrmamba.config import find_project_root, load_params
     from hmrmamba.settings import parse_settings
-    from hmrmamba.features.backbone import build_backbone
+    from hmrmamba.features.backbone import build_backbone, trained_backbone_path
     from hmrmamba.features.alignment import read_feature_moments
     from hmrmamba.features.extract import prepare_model
     from hmrmamba.render.scene import part_colors
@@ -127,7 +127,7 @@ def load_inference(checkpoint: str | Path | None = None, *, root: str | Path | N
                              f"the model samples {model.map_dim}-channel maps", file=root / "params.yaml",
                              field="features.map_layer",
                              expected=f"one of {[k for k, v in MAP_CHANNELS.items() if v == model.map_dim]}")
-    backbone, note = build_backbone(fs, layout)
+    backbone, note = build_backbone(fs, layout, trained=trained_backbone_path(settings.train_backbone, layout))
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     body = load_body_arrays(layout.body_model)
     colors = part_colors(torch.as_tensor(body["weights"], dtype=torch.float32)).numpy()

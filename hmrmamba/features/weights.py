@@ -40,6 +40,11 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys, as stored
 
+    def summary(self) -> str:
+        """One line: how many tensors were copied, from where, and what was skipped."""
+        return (f"{len(self.loaded)} tensors from {self.container} with prefix '{self.prefix}', "
+                f"{len(self.missing)} missing, {len(self.unexpected)} skipped")
+
 
 def _state_dicts(obj: Any, where: str = "<root>", depth: int = 0) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
     """Yield every (nested) mapping whose values are mostly tensors, with its location."""

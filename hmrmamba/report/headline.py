@@ -17,6 +17,7 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "body_model": ("vertices", "faces"),
     "prepare": ("train.frames", "val.frames", "test.frames"),
     "detect2d": (),
+    "train_backbone": ("epochs", "best_val_mpjpe", "seconds_per_epoch"),
     "features": ("probe.probe_mm", "probe.floor_mm"),
     "train_lift": ("params_m", "epochs", "best_val_mpjpe", "seconds_per_epoch"),
     "train_mesh": ("params_m", "epochs", "best_val_mpjpe", "seconds_per_epoch"),

@@ -17,7 +17,7 @@ from typing import Any
 
 from hmrmamba.config import resolve_path
 from hmrmamba.errors import InputError
-from hmrmamba.features.backbone import build_backbone
+from hmrmamba.features.backbone import build_backbone, trained_backbone_path
 from hmrmamba.layout import Layout
 from hmrmamba.settings import section_settings
 from hmrmamba.stages.common import main as stage_main
@@ -174,7 +174,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     if fs.import_path:
         return run_import(params, layout, splits)
     plans = plan_sources(params, layout, splits)
-    model, weights_note = build_backbone(fs, layout)
+    trained = trained_backbone_path(section_settings(params, "train_backbone"), layout)
+    model, weights_note = build_backbone(fs, layout, trained=trained)
     source = fs.bbox_source
     common = {"model": model, "crop_size": fs.crop_size, "batch_size": fs.batch_size,
               "keep_spatial": fs.keep_spatial, "map_layer": fs.map_layer}

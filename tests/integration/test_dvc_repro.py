@@ -15,7 +15,7 @@ import yaml
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_STAGES = ["body_model", "prepare", "detect2d", "features"]
+DATA_STAGES = ["body_model", "prepare", "detect2d", "train_backbone", "features"]
 ALL_STAGES = [*DATA_STAGES, "train_lift", "train_mesh", "evaluate", "efficiency", "report"]
 #: Table 4 on tiny models and short clips (the paper-size models take minutes on 2 cores).
 QUICK_EFFICIENCY = ["efficiency.variants=[tiny,mlp]", "efficiency.frames=8", "efficiency.repeats=1",

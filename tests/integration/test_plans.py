@@ -47,8 +47,8 @@ def test_flow_graph_matches_dvc_yaml():
 def test_stage_selection():
     from flows.pipeline import select_stages, with_upstream
 
-    assert with_upstream("train_mesh") == ["body_model", "prepare", "detect2d", "features", "train_lift",
-                                           "train_mesh"]
+    assert with_upstream("train_mesh") == ["body_model", "prepare", "detect2d", "train_backbone", "features",
+                                           "train_lift", "train_mesh"]
     assert select_stages(["evaluate", "train_lift"]) == ["train_lift", "evaluate"]
     with pytest.raises(InputError, match=r"stages.*unknown stages \['train'\]"):
         select_stages(["train"])

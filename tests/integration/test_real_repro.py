@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_STAGES = ["body_model", "prepare", "detect2d", "features"]
+DATA_STAGES = ["body_model", "prepare", "detect2d", "train_backbone", "features"]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:

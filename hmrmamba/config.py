@@ -348,6 +348,7 @@ PARAMS_SCHEMA: dict[str, Rule] = {
     "train_backbone.batch_size": _COUNT,
     "train_backbone.lr": _num(0, 10, lo_open=True),
     "train_backbone.weight_decay": _num(0, 10),
+    "train_backbone.warmup": _num(0, 1, lo_open=True),
     "train_backbone.min_lr_ratio": _num(0, 1),
     "train_backbone.grad_clip": _num(0, 1e6, optional=True, lo_open=True),
     "train_backbone.precision": Rule("str", choices=("auto", "bf16", "fp32")),

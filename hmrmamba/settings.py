@@ -181,7 +181,8 @@ class TrainBackboneSettings:
     batch_size: int = 32
     lr: float = 2.0e-3
     weight_decay: float = 1.0e-4
-    min_lr_ratio: float = 0.05  # cosine decay over the epochs to lr x this
+    warmup: float = 0.15  # fraction of the steps the one-cycle schedule climbs to lr
+    min_lr_ratio: float = 0.05  # ... then decays to lr x this
     grad_clip: float | None = 5.0
     precision: str = "auto"  # auto: bf16 where the CPU has it (AVX512-BF16/AMX), else fp32
     flip: float = 0.5

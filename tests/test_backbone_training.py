@@ -155,7 +155,6 @@ def trained_projects(tiny_project, tmp_path_factory):
     return roots
 
 
-@pytest.mark.slow
 def test_backbone_training_repeats_bit_for_bit(trained_projects):
     from hmrmamba.train.checkpoint import load_checkpoint
 
@@ -170,7 +169,6 @@ def test_backbone_training_repeats_bit_for_bit(trained_projects):
     assert ma["best_val_mpjpe"] == mb["best_val_mpjpe"] and np.isfinite(ma["best_val_mpjpe"])
 
 
-@pytest.mark.slow
 def test_features_stage_uses_the_trained_backbone_and_disabling_removes_it(trained_projects):
     from hmrmamba.data.h5schema import open_h5
     from hmrmamba.stages import features

@@ -141,6 +141,21 @@ def test_resume_of_a_finished_run_trains_nothing_and_extends_when_asked(tmp_path
                                                   weights(straight.last_checkpoint).values()))
 
 
+def test_a_per_step_schedule_steps_with_the_optimiser_and_resumes_exactly(tmp_path):
+    """ExponentialLR(0.99) stepped per batch: 64 samples / 8 = 8 steps an epoch, so epoch e trains at
+    lr 0.99^(8 (e - 1)); a run resumed after epoch 2 ends on the uninterrupted run's weights."""
+    straight = st.run(ckpt_dir=tmp_path / "a", epochs=3, scheduler_interval="step")
+    assert [r["lr"] for r in straight.history] == pytest.approx([1e-2 * 0.99 ** (8 * e) for e in range(3)])
+    per_epoch = st.run(ckpt_dir=tmp_path / "b", epochs=3)
+    assert [r["lr"] for r in per_epoch.history] == pytest.approx([1e-2 * 0.99 ** e for e in range(3)])
+    st.run(ckpt_dir=tmp_path / "c", epochs=2, scheduler_interval="step")
+    resumed = st.run(ckpt_dir=tmp_path / "c", epochs=3, scheduler_interval="step")
+    assert resumed.resumed and all(torch.equal(a, b) for a, b in zip(weights(straight.last_checkpoint).values(),
+                                                                       weights(resumed.last_checkpoint).values()))
+    with pytest.raises(InputError, match="scheduler_interval"):
+        st.run(ckpt_dir=tmp_path / "d", epochs=1, scheduler_interval="batch")
+
+
 def test_stop_check_stops_after_the_epoch_and_the_run_can_resume(tmp_path):
     res = st.run(ckpt_dir=tmp_path, epochs=4, stop_check=lambda m, e: e == 2)
     assert res.stopped_early and [r["epoch"] for r in res.history] == [1, 2]

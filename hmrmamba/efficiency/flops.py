@@ -172,6 +172,7 @@ def _opaque_scan() -> Iterator[Any]:
     from unittest import mock
 
     import hmrmamba.ssm.mamba as mamba_module
+    from hmrmamba.ssm.backend import channels_first_call
 
     op = _scan_op()
     original = mamba_module.scan_channels_last
@@ -182,8 +183,7 @@ def _opaque_scan() -> Iterator[Any]:
         if return_last_state or initial_state is not None:
             return original(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                             return_last_state=return_last_state, initial_state=initial_state, backend=backend)
-        first = [None if t is None else t.transpose(1, 2) for t in (u, delta, B, C, z)]
-        return op(first[0], first[1], A, first[2], first[3], D, first[4], delta_bias, delta_softplus).transpose(1, 2)
+        return channels_first_call(lambda *a, z=None: op(*a, z, delta_bias, delta_softplus), u, delta, A, B, C, D, z)
 
     with mock.patch.object(mamba_module, "scan_channels_last", counted):
         yield op

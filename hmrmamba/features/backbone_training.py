@@ -37,8 +37,11 @@ __all__ = ["BackboneNet", "CropBatcher", "CropTargets", "backbone_objective", "b
            "bf16_supported", "normalise_crops", "recolor", "soft_argmax"]
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 / AMX through oneDNN)."""
+def bf16_supported(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively: a CPU with AVX512-BF16 / AMX (oneDNN),
+    or a CUDA GPU that supports bf16."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -202,7 +205,7 @@ def backbone_objective(weights: Mapping[str, float], *, bf16: bool):
     w3, w2, wm = (float(weights[k]) for k in ("joints3d", "joints2d", "map2d"))
 
     def step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(batch["image"].device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(batch["image"])
         l3 = (out["joints3d"] - batch["joints3d"]).norm(dim=-1).mean()
         l2 = (out["joints2d"] - batch["joints2d"]).abs().mean()
@@ -219,10 +222,11 @@ def backbone_validation(batcher: CropBatcher, *, batch_size: int, bf16: bool):
 
     def validate(model: nn.Module) -> dict[str, Any]:
         n = len(batcher.data)
+        device = next(model.parameters()).device
         err3, err2 = 0.0, 0.0
         for start in range(0, n, batch_size):
-            batch = batcher(list(range(start, min(n, start + batch_size))))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            batch = {k: v.to(device) for k, v in batcher(list(range(start, min(n, start + batch_size)))).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(batch["image"])
             err3 += float((out["joints3d"] - batch["joints3d"]).norm(dim=-1).mean(1).sum())
             err2 += float((out["map2d"] - batch["joints2d"]).norm(dim=-1).mean(1).sum())

@@ -136,23 +136,36 @@ def scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     from hmrmamba.ssm.fused import fused_available, fused_enabled, fused_scan_channels_last, fused_supports
     from hmrmamba.ssm.scan import _compute_dtype
 
-    def first(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.transpose(1, 2)
-
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
         if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 3):
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise InputError(f"has shape {shape}", field=name, expected="a (batch, seqlen, channels) tensor")
-    ut, dt, Bt, Ct, zt = first(u), first(delta), first(B), first(C), first(z)
     if (resolve_backend(backend, u) == "torch" and fused_enabled()
             and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state) and fused_available()):
-        validate_scan_inputs(ut, dt, A, Bt, Ct, D, zt, delta_bias, initial_state)
+        channels_first_call(lambda *a, z=None: validate_scan_inputs(*a, z, delta_bias, initial_state), u, delta, A, B,
+                            C, D, z, back=False)
         out, last = fused_scan_channels_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                              _compute_dtype(u))
         out = out.to(u.dtype)
         return (out, last) if return_last_state else out
-    res = scan_with_backend(ut, dt, A, Bt, Ct, D, z=zt, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                            return_last_state=return_last_state, initial_state=initial_state, backend=backend)
-    if return_last_state:
-        return res[0].transpose(1, 2), res[1]
-    return res.transpose(1, 2)
+    return channels_first_call(scan_with_backend, u, delta, A, B, C, D, z, last_state=return_last_state,
+                               delta_bias=delta_bias, delta_softplus=delta_softplus,
+                               return_last_state=return_last_state, initial_state=initial_state, backend=backend)
+
+
+def channels_first_call(scan: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                        C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None, *,
+                        last_state: bool = False, back: bool = True, **kwargs: Any) -> Any:
+    """A channels-first scan function on channels-last tensors: u, delta, z (B, L, D) and B, C (B, L, N)
+    are passed as their (B, D, L) / (B, N, L) views, ``scan(u, delta, A, B, C, D, z=z, **kwargs)``.
+
+    With ``back`` its output (B, D, L) comes back as (B, L, D); with ``last_state`` it is
+    ``(out, last_state)`` and only ``out`` is transposed. Without ``back`` the result is returned as is.
+    """
+    def first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.transpose(1, 2)
+
+    res = scan(first(u), first(delta), A, first(B), first(C), D, z=first(z), **kwargs)
+    if not back:
+        return res
+    return (res[0].transpose(1, 2), res[1]) if last_state else res.transpose(1, 2)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm.backend import check_backend_name, scan_channels_last
+from hmrmamba.ssm.backend import channels_first_call, check_backend_name, scan_channels_last
 from hmrmamba.ssm.scan import selective_scan_ref
 
 __all__ = ["BiMamba", "Mamba", "MambaState"]
@@ -134,13 +134,10 @@ class Mamba(nn.Module):
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); bias added in the scan
         if torch.jit.is_tracing() or torch.compiler.is_exporting():  # export: the fast scan is an autograd.Function
-            out = selective_scan_ref(x.transpose(1, 2), dt.transpose(1, 2), self._A(), Bm.transpose(1, 2),
-                                     Cm.transpose(1, 2), self.D.float(), z=z.transpose(1, 2),
-                                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                                     return_last_state=initial_state is not None, initial_state=initial_state)
-            if initial_state is None:
-                return out.transpose(1, 2)
-            return out[0].transpose(1, 2), out[1]
+            return channels_first_call(selective_scan_ref, x, dt, self._A(), Bm, Cm, self.D.float(), z,
+                                       last_state=initial_state is not None, delta_bias=self.dt_proj.bias.float(),
+                                       delta_softplus=True, return_last_state=initial_state is not None,
+                                       initial_state=initial_state)
         return scan_channels_last(x, dt, self._A(), Bm, Cm, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                   delta_softplus=True, return_last_state=initial_state is not None,
                                   initial_state=initial_state, backend=self.backend)

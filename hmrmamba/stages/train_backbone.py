@@ -53,14 +53,15 @@ def load_crop_targets(params: Mapping[str, Any], layout: Layout, split: str, *, 
                        joints2d=data.frames["joints2d"][rows])
 
 
-def cosine_schedule(optimizer, *, epochs: int, min_ratio: float):
-    """LambdaLR stepped per epoch: lr x (min_ratio + (1 - min_ratio) (1 + cos(pi e / epochs)) / 2)."""
-    import math
-
+def one_cycle(optimizer, *, total_steps: int, warmup: float, min_ratio: float):
+    """OneCycleLR stepped after every optimiser step: from lr/25 up to lr over the first ``warmup``
+    fraction of ``total_steps`` (cosine), then down to lr x ``min_ratio``."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs)))
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, total_steps),
+        pct_start=warmup, div_factor=25.0, final_div_factor=1.0 / (25.0 * min_ratio) if min_ratio > 0 else 1e4,
+        cycle_momentum=False)
 
 
 def run(params: Mapping[str, Any], layout: Layout) -> dict:
@@ -90,10 +91,11 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
         source = f"features.weights ({fs.weights})" if fs.weights else "the seeded random init"
         log.info("train_backbone.enabled is false: nothing trained; the features stage uses %s", source)
         return {"enabled": False, "features_from": source}
-    if s.precision == "bf16" and not bf16_supported():
-        raise InputError("this CPU has no native bfloat16 (AVX512-BF16/AMX)", file="params.yaml",
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer puts the model
+    if s.precision == "bf16" and not bf16_supported(device):
+        raise InputError(f"this {device.upper()} has no native bfloat16 (CPU: AVX512-BF16/AMX)", file="params.yaml",
                          field=f"{STAGE}.precision", expected="'auto' or 'fp32' on this machine")
-    bf16 = s.precision == "bf16" or (s.precision == "auto" and bf16_supported())
+    bf16 = s.precision == "bf16" or (s.precision == "auto" and bf16_supported(device))
     seed_everything(s.seed)
     train = load_crop_targets(params, layout, "train")
     val = load_crop_targets(params, layout, "val", max_frames=s.val_frames)
@@ -112,7 +114,8 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
                                            layout.detections("train"), layout.detections("val")])}
     discard_stale_checkpoints(ckpt_dir, config)
     trainer = Trainer(net, step_fn=backbone_objective(asdict(s.loss), bf16=bf16), optimizer=optimizer,
-                      scheduler=cosine_schedule(optimizer, epochs=s.epochs, min_ratio=s.min_lr_ratio),
+                      scheduler=one_cycle(optimizer, total_steps=s.epochs * len(loader), warmup=s.warmup,
+                                          min_ratio=s.min_lr_ratio), scheduler_interval="step",
                       train_loader=loader, val_fn=backbone_validation(CropBatcher(val, **aug, augment=False),
                                                                       batch_size=64, bf16=bf16),
                       epochs=s.epochs, ckpt_dir=ckpt_dir, seed=s.seed, monitor="val_mpjpe", mode="min",
@@ -124,7 +127,7 @@ def run(params: Mapping[str, Any], layout: Layout) -> dict:
     for path in (png, ckpt_dir / "history.csv"):
         mlflow_runs.log_artifact(path)
     last = result.history[-1]
-    return {"enabled": True, "precision": config["precision"], "epochs": len(result.history),
+    return {"enabled": True, "precision": config["precision"], "device": device, "epochs": len(result.history),
             "train_frames": len(train), "val_frames": len(val), "best_epoch": result.best_epoch,
             "best_val_mpjpe": result.best_metric, "final_train_mpjpe": last.get("train_mpjpe_mm"),
             "final_val_map2d": last.get("val_map2d"), "resumed": bool(result.resumed),

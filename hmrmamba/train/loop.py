@@ -125,7 +125,8 @@ class Trainer:
     names are logged with a ``val_`` prefix (added when missing). ``monitor`` names the history
     column that decides ``best.pt`` (``mode`` "min" or "max").
 
-    Each epoch: train (tqdm bar with loss and it/s on rank 0), validate, ``scheduler.step()``, then
+    Each epoch: train (tqdm bar with loss and it/s on rank 0), validate, ``scheduler.step()`` (after every
+    optimiser step instead with ``scheduler_interval="step"``, e.g. for a one-cycle schedule), then
     write ``best.pt`` (when improved), ``last.pt`` and ``history.csv`` atomically on rank 0, then call
     ``log_fn(metrics, epoch)`` on rank 0 and ``stop_check(metrics, epoch)`` (True stops after this
     epoch). Metrics are averaged over ranks. ``config`` (plain dict, e.g. ``{"model": ..., "train": ...}``)
@@ -143,11 +144,15 @@ class Trainer:
                  grad_clip: float | None = None, amp: bool = False, compile: bool = False,
                  progress: bool = True, stop_check: StopCheck | None = None,
                  config: Mapping[str, Any] | None = None, deterministic: bool | None = None,
-                 find_unused_parameters: bool = False, device: str | torch.device | None = None):
+                 find_unused_parameters: bool = False, device: str | torch.device | None = None,
+                 scheduler_interval: str = "epoch"):
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise InputError(f"epochs={epochs!r}", field="epochs", expected="an integer >= 1")
         if mode not in ("min", "max"):
             raise InputError(f"mode={mode!r}", field="mode", expected="'min' or 'max'")
+        if scheduler_interval not in ("epoch", "step"):
+            raise InputError(f"scheduler_interval={scheduler_interval!r}", field="scheduler_interval",
+                             expected="'epoch' or 'step'")
         if grad_clip is not None and not grad_clip > 0:
             raise InputError(f"grad_clip={grad_clip!r}", field="grad_clip", expected="a positive number or None")
         self.model = model
@@ -171,6 +176,7 @@ class Trainer:
         self.deterministic = deterministic
         self.find_unused_parameters = find_unused_parameters
         self.device = device
+        self.scheduler_interval = scheduler_interval
 
     # ------------------------------------------------------------------ paths
     @property
@@ -276,7 +282,7 @@ class Trainer:
             lr = float(self.optimizer.param_groups[0]["lr"])
             train_metrics, step = self._train_epoch(train_model, module, ctx, scaler, amp_on, epoch, step)
             val_metrics = self._validate(module)
-            if self.scheduler is not None:
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             local = {**train_metrics, **val_metrics, "lr": lr, "epoch_seconds": time.perf_counter() - t0}
             reduced = all_reduce_mean(local, ctx)
@@ -346,6 +352,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
                 scaler.step(self.optimizer)
                 scaler.update()
+                if self.scheduler is not None and self.scheduler_interval == "step":
+                    self.scheduler.step()
                 step += 1
                 n += 1
                 for k, v in terms.items():

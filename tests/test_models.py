@@ -587,3 +587,31 @@ def test_cpu_attention_and_grid_sample_are_counted():
     linear_macs = 5 * 4 * 4 + 5 * 4 * 4 + 5 * J * 4 * (2 * 1 * 3 + 2 * 1) + 5 * J * 4 * 4  # query, value, offsets+weights, out
     grid_macs = 4 * 2 * 2 * 5 * J * 1  # bilinear: 4 per (head, channel, query, point)
     assert cost.macs == linear_macs + grid_macs
+
+
+def test_fixed_upsampling_runs_in_csr_and_equals_the_coo_product():
+    """The fixed (sparse) upsampling multiplies through a cached CSR copy: the same values as the COO
+    product, gradients to the coarse vertices, deep copies and dtype moves still work."""
+    import copy
+
+    from hmrmamba.models.reconstructor import MeshUpsampler
+
+    gen = torch.Generator().manual_seed(0)
+    mats = [(torch.rand(40, 12, generator=gen) * (torch.rand(40, 12, generator=gen) < 0.2)).to_sparse().coalesce(),
+            (torch.rand(90, 40, generator=gen) * (torch.rand(90, 40, generator=gen) < 0.1)).to_sparse().coalesce()]
+    up = MeshUpsampler(mats, mode="fixed")
+    x = torch.randn(2, 12, 3, generator=gen, requires_grad=True)
+    y = up(x)
+    h = x.detach().permute(1, 0, 2).reshape(12, 6)
+    ref = torch.sparse.mm(mats[1], torch.sparse.mm(mats[0], h)).view(90, 2, 3).permute(1, 0, 2)
+    assert torch.equal(y, ref)
+    y.sum().backward()
+    dense = mats[1].to_dense() @ mats[0].to_dense()  # d sum / d x = column sums of the product
+    assert torch.allclose(x.grad, dense.sum(0)[None, :, None].expand(2, 12, 3), atol=1e-6)
+    twin = copy.deepcopy(up)
+    assert torch.equal(twin(x.detach()), y.detach())
+    assert torch.allclose(up.double()(x.detach().double()), y.detach().double(), atol=1e-6)
+    with torch.inference_mode():
+        fresh = MeshUpsampler(mats, mode="fixed")
+        fresh(x.detach())  # the CSR copy made under inference mode must still serve autograd afterwards
+    fresh(x).sum().backward()

@@ -6,7 +6,8 @@ matmuls, convolutions and attention) plus formulas for what it counts as zero:
 - the CPU fused attention ``aten._scaled_dot_product_flash_attention_for_cpu`` (same formula as the
   CUDA kernels: ``QK^T`` and ``AV``);
 - ``grid_sample`` (2-D bilinear: 4 multiply-adds per output element; 3-D trilinear: 8);
-- sparse @ dense (``aten._sparse_addmm``: one multiply-add per stored entry and output column);
+- sparse @ dense (``aten._sparse_addmm`` for COO, ``aten.mm`` with a CSR operand: one multiply-add per
+  stored entry and output column);
 - ``addcmul`` (one multiply-add per output element): the taps of the Mamba block's depthwise causal
   conv, which runs as shifted multiply-adds on channels-last tensors (:meth:`hmrmamba.ssm.Mamba._conv`);
 - the **selective scan**, whose time loop is element-wise: per (batch, channel, step, state) it costs
@@ -142,6 +143,17 @@ def _sparse_addmm_flop(self_t, sparse, dense, *args, out_val=None, **kwargs) -> 
 _sparse_addmm_flop._get_raw = True  # type: ignore[attr-defined]
 
 
+def _mm_flop(a, b, *args, out_val=None, **kwargs) -> int:
+    """``aten.mm``: a sparse (CSR) left operand costs one multiply-add per stored entry and output
+    column, as ``_sparse_addmm``; dense operands as torch's own count (2 m k n)."""
+    if a.layout != torch.strided:
+        return 2 * int(a._nnz()) * int(b.shape[-1])
+    return 2 * int(a.shape[0]) * int(a.shape[1]) * int(b.shape[1])
+
+
+_mm_flop._get_raw = True  # type: ignore[attr-defined]
+
+
 def _scan_flop(u_shape, delta_shape, a_shape, b_shape, c_shape, d_shape=None, z_shape=None, *args,
                out_shape=None, **kwargs) -> int:
     batch, d_inner, length = u_shape
@@ -228,6 +240,7 @@ def count_cost(model: nn.Module, inputs: Mapping[str, torch.Tensor], *,
                    aten.grid_sampler_2d: _grid_2d_flop,
                    aten.grid_sampler_3d: _grid_3d_flop,
                    aten._sparse_addmm: _sparse_addmm_flop,
+                   aten.mm: _mm_flop,
                    aten.addcmul: _addcmul_flop,
                    aten.addcmul_: _addcmul_flop,
                    scan_op: _scan_flop}

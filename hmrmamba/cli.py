@@ -107,7 +107,7 @@ def cmd_where(args: argparse.Namespace) -> int:
     for stage in STAGES:
         m = lay.metrics(stage)
         if m.exists():
-            print(f"{stage:<12}{m}")
+            print(f"{stage:<16}{m}")
     return 0
 
 

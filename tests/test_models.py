@@ -590,8 +590,9 @@ def test_cpu_attention_and_grid_sample_are_counted():
 
 
 def test_fixed_upsampling_runs_in_csr_and_equals_the_coo_product():
-    """The fixed (sparse) upsampling multiplies through a cached CSR copy: the same values as the COO
-    product, gradients to the coarse vertices, deep copies and dtype moves still work."""
+    """Without gradients the fixed (sparse) upsampling multiplies through a cached CSR copy: the same
+    values as the COO product; with gradients it keeps the COO product (training numerics unchanged);
+    deep copies and dtype moves still work."""
     import copy
 
     from hmrmamba.models.reconstructor import MeshUpsampler
@@ -608,6 +609,11 @@ def test_fixed_upsampling_runs_in_csr_and_equals_the_coo_product():
     y.sum().backward()
     dense = mats[1].to_dense() @ mats[0].to_dense()  # d sum / d x = column sums of the product
     assert torch.allclose(x.grad, dense.sum(0)[None, :, None].expand(2, 12, 3), atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(up(x), ref)  # the CSR path
+    from hmrmamba.models.reconstructor import _CSR_OF
+
+    assert any(ref_() is up.matrix_0 for ref_, _ in _CSR_OF.values())
     twin = copy.deepcopy(up)
     assert torch.equal(twin(x.detach()), y.detach())
     assert torch.allclose(up.double()(x.detach().double()), y.detach().double(), atol=1e-6)

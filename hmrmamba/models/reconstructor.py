@@ -216,7 +216,9 @@ _CSR_OF: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 def _csr_of(m: torch.Tensor) -> torch.Tensor:
     """The CSR form of the sparse COO matrix ``m`` (R, C), made once per buffer. Its product with a
     dense (C, K) adds the same terms in the same order (bit-identical to the COO product, tested), and
-    one frame (K = 3) takes about a tenth of the COO product's time; autograd flows to the dense operand."""
+    one frame (K = 3) takes about a tenth of the COO product's time. Its backward sums in another
+    order than the COO product's, so :class:`MeshUpsampler` uses it only where no gradient is taken
+    (evaluation, the demo, the online step): training keeps its numerics bit for bit."""
     key = id(m)
     hit = _CSR_OF.get(key)
     if hit is not None and hit[0]() is m:
@@ -281,7 +283,9 @@ class MeshUpsampler(nn.Module):
         dtype = h.dtype
         for k in range(self.num_levels):
             m = getattr(self, f"matrix_{k}")  # dense in a model prepared for export (ONNX has no sparse mm)
-            h = (_csr_of(m) if m.is_sparse else m) @ h.to(m.dtype)
+            if m.is_sparse and not (torch.is_grad_enabled() and h.requires_grad):
+                m = _csr_of(m)  # no gradient wanted: the faster CSR product, the same values
+            h = m @ h.to(m.dtype)
         return h.to(dtype).view(-1, n, c).permute(1, 0, 2)
 
 

@@ -186,3 +186,29 @@ def test_table3_rows_are_the_full_model_minus_exactly_the_named_modules(row):
     part_shapes = dict((k, v.shape) for k, v in build("tiny", assets=assets, **flags[row]).named_parameters())
     changed = {k for k in part_shapes if part_shapes[k] != full_shapes[k]}
     assert changed <= shape_only
+
+
+def test_template_posing_gradients_repeat_bit_for_bit_on_two_threads():
+    """The joints' gradient through the poser's gathers (repeated bone indices) is the same in every run:
+    advanced indexing's backward added them with atomics across threads and drifted run to run."""
+    from hmrmamba.models import random_mesh_assets
+    from hmrmamba.models.registry import build
+
+    poser = build("tiny", assets=random_mesh_assets()).reconstructor.template
+    joints = torch.randn(256, 17, 3, generator=torch.Generator().manual_seed(0)) * 0.3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            j = joints.clone().requires_grad_(True)
+            poser(j).pow(2).sum().backward()
+            grads.append(j.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    with torch.no_grad():  # index_select gathers the same values as x[:, index]
+        from hmrmamba.models.template_pose import _take
+
+        idx = poser.bone_index
+        assert torch.equal(_take(joints, idx), joints[:, idx])

@@ -61,6 +61,15 @@ H36M17_FRAMES = BodyFrames(pelvis_left=4, pelvis_right=1, pelvis_up=(0, 7), thor
                            thorax_up=(7, 8), upper_children=(9, 10, 11, 12, 13, 14, 15, 16))
 
 
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[:, index]`` for x (N, M, ...) and an integer index of any shape -> (N, *index.shape, ...).
+
+    Through ``index_select``, whose backward adds the gradients of repeated indices in a fixed order;
+    the backward of ``x[:, index]`` (``index_put_`` with accumulate) adds them with atomics across
+    threads on the CPU, so two identical training runs on 2 threads drifted apart."""
+    return x.index_select(1, index.reshape(-1)).view(x.shape[0], *index.shape, *x.shape[2:])
+
+
 def _normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
@@ -200,16 +209,16 @@ class TemplatePoser(nn.Module):
         rest = self.rest_joints.to(joints)
         rest_dir = (rest[child] - rest[parent])[None].expand(joints.shape[0], -1, -1)
         turned = (part @ rest_dir[..., None])[..., 0]
-        posed_dir = joints[:, child] - joints[:, parent]
+        posed_dir = _take(joints, child) - _take(joints, parent)
         return swing_rotation(turned, posed_dir) @ part
 
     def forward(self, joints: torch.Tensor) -> torch.Tensor:
         """joints (N, J, 3) metres -> coarse vertices (N, V, 3)."""
         dev = joints.device
         rot = self.bone_rotations(joints)  # (N, B, 3, 3)
-        start = joints[:, self.bone_parent.to(dev)]  # (N, B, 3)
-        vec = joints[:, self.bone_child.to(dev)] - start
+        start = _take(joints, self.bone_parent.to(dev))  # (N, B, 3)
+        vec = _take(joints, self.bone_child.to(dev)) - start
         idx = self.bone_index.to(dev)  # (V, k)
-        r = torch.einsum("nvkij,vkj->nvki", rot[:, idx], self.perp.to(joints))
-        pos = start[:, idx] + self.along.to(joints)[None, ..., None] * vec[:, idx] + r  # (N, V, k, 3)
+        r = torch.einsum("nvkij,vkj->nvki", _take(rot, idx), self.perp.to(joints))
+        pos = _take(start, idx) + self.along.to(joints)[None, ..., None] * _take(vec, idx) + r  # (N, V, k, 3)
         return (self.weight.to(joints)[None, ..., None] * pos).sum(2)

@@ -64,9 +64,9 @@ def dvc_project(tmp_path_factory, make_project, flow_project):
     _git(root, "commit", "-q", "-m", "tiny project")
     made, _ = flow_project
     assert (made / "params.yaml").read_text() == (root / "params.yaml").read_text()
-    for name in ("data/body_model", "data/prepared", "data/detections", "data/features", "metrics"):
+    for name in ("data/body_model", "data/prepared", "data/detections", "models/backbone", "data/features", "metrics"):
         shutil.copytree(made / name, root / name)
-    _dvc(root, "commit", "--force", "--quiet", *DATA, "features")
+    _dvc(root, "commit", "--force", "--quiet", *DATA, "train_backbone", "features")
     return root
 
 
@@ -96,12 +96,13 @@ def test_overrides_run_in_a_scratch_project_beside_the_projects_up_to_date_data(
     (scratch,) = (root / "outputs/flows/pipeline").iterdir()
     runs = _task_runs(state.state_details.flow_run_id)
     assert {n: r.state.name for n, r in runs.items()} == {
-        **{f"{s} [main]": "Cached" for s in (*DATA, "features")}, f"train_lift [{scratch.name}]": "Completed"}
+        **{f"{s} [main]": "Cached" for s in (*DATA, "train_backbone", "features")},
+        f"train_lift [{scratch.name}]": "Completed"}
     assert scratch.name.startswith("default-") and (scratch / "data").resolve() == (root / "data").resolve()
     assert yaml.safe_load((scratch / "params.yaml").read_text())["train_lift"]["lr"] == 0.002
-    assert (scratch / "models/lift/best.pt").is_file() and not (root / "models").exists()
+    assert (scratch / "models/lift/best.pt").is_file() and not (root / "models/lift").exists()
     assert _stamps(root) == before and (root / "dvc.lock").read_text() == lock
-    assert json.loads(_dvc(root, "status", "--json", *DATA, "features")) == {}
+    assert json.loads(_dvc(root, "status", "--json", *DATA, "train_backbone", "features")) == {}
 
 
 def test_the_flow_runs_only_what_dvc_would_run_and_leaves_dvc_status_clean(dvc_project, own_mlflow_env):

@@ -7,6 +7,7 @@ leave the cache (or grow with T²) can be read off one run::
 
     python benchmarks/bench_length_scaling.py                       # hmrmamba-s lifter, T = 243, 486
     python benchmarks/bench_length_scaling.py --variant pmce --frames 243 486 --threads 1
+    python benchmarks/bench_length_scaling.py --system-malloc   # glibc's default: large blocks mmapped anew
 
 Batch 1, random inputs (the efficiency stage's), ``torch.inference_mode``; one warm-up forward per
 length, then one profiled forward. ``--full`` profiles the whole model instead of the lifter.
@@ -18,6 +19,8 @@ import argparse
 import platform
 
 import torch
+
+from hmrmamba.allocator import allocator_status, keep_freed_memory
 
 
 def op_times(variant: str, frames: int, *, full: bool = False) -> dict[str, float]:
@@ -44,14 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--full", action="store_true", help="the whole model, not the lifter")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the stages keep freed memory: runtime.keep_freed_memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.system_malloc:
+        keep_freed_memory()
     short, long_ = args.frames
     a, b = op_times(args.variant, short, full=args.full), op_times(args.variant, long_, full=args.full)
     k = long_ / short
     ta, tb = sum(a.values()), sum(b.values())
     print(f"{args.variant} {'model' if args.full else 'lifter'}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{platform.processor() or platform.machine()}; self CPU time of one profiled forward\n")
+          f"{platform.processor() or platform.machine()}; self CPU time of one profiled forward; allocator: "
+          f"{allocator_status().description}\n")
     print(f"total: T={short} {ta:.0f} ms, T={long_} {tb:.0f} ms, ratio {tb / ta:.2f} (work ratio {k:.2f})\n")
     print(f"| op | T={short} (ms) | T={long_} (ms) | ratio | excess over linear (ms) | share of the excess |")
     print("|---|---:|---:|---:|---:|---:|")

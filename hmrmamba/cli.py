@@ -55,6 +55,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("mamba_ssm", "usable (fused CUDA kernels)" if mamba_ssm_available()
                  else "not usable (CUDA tensors use the PyTorch scan)"))
     rows.append(("cpu scan", cpu_scan_status()))
+    from hmrmamba.allocator import keep_freed_memory
+    rows.append(("allocator", f"stages and demo: {keep_freed_memory().description} (runtime.keep_freed_memory)"))
     from hmrmamba.demo.pose_models import model_status
     rows.append(("2d detector", model_status()))
     root = _root()
@@ -223,8 +225,10 @@ def cmd_reliability(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from hmrmamba.allocator import keep_freed_memory
     from hmrmamba.demo.pipeline import run_demo, summary_line
 
+    keep_freed_memory()  # large activations reused, not mmapped anew per frame batch
     detector = args.detector or ("keypoints" if args.keypoints else "blazepose")
     result = run_demo(args.video, args.out, checkpoint=args.checkpoint, detector=detector, keypoints=args.keypoints,
                       online=args.online, ply=args.ply, obj=not args.no_obj, pictures=not args.no_pictures,

@@ -294,6 +294,7 @@ def _train_rules(stage: str) -> dict[str, Rule]:
 PARAMS_SCHEMA: dict[str, Rule] = {
     "seed": _SEED,
     "runtime.threads": _int(0, 4096),
+    "runtime.keep_freed_memory": _BOOL,
     "flows.workers": _int(1, 4096, optional=True),
     "flows.scheduler": Rule("str", optional=True),
     "tracking.uri": Rule("str", optional=True),

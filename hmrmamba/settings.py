@@ -58,6 +58,7 @@ def _map_of(cls: type | None = None, default: Mapping[str, Any] | None = None, *
 @dataclass(frozen=True)
 class RuntimeSettings:
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    keep_freed_memory: bool = True  # glibc malloc: no mmap for large blocks, no trimming (hmrmamba.allocator)
 
 
 @dataclass(frozen=True)

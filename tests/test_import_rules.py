@@ -161,7 +161,7 @@ def test_the_readers_import_their_toolkit_not_their_dispatcher():
 
 #: The only modules at the package's top level: small core modules every layer uses (docs/design.md, "Map of
 #: the code"). Everything else lives in the package of its pipeline step.
-CORE_MODULES = {"hmrmamba", "hmrmamba.atomic", "hmrmamba.cli", "hmrmamba.config", "hmrmamba.errors",
+CORE_MODULES = {"hmrmamba", "hmrmamba.allocator", "hmrmamba.atomic", "hmrmamba.cli", "hmrmamba.config", "hmrmamba.errors",
                 "hmrmamba.geometry", "hmrmamba.layout", "hmrmamba.mlflow_runs", "hmrmamba.named_rng",
                 "hmrmamba.profiles", "hmrmamba.safe_pickle", "hmrmamba.settings", "hmrmamba.skeleton"}
 

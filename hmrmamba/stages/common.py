@@ -32,12 +32,18 @@ def apply_offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def set_threads(params: Mapping[str, Any]) -> None:
+def apply_runtime(params: Mapping[str, Any]) -> None:
+    """The process-wide ``runtime`` params: torch's CPU threads and the allocator (:mod:`hmrmamba.allocator`)."""
     import torch
 
-    n = int(params.get("runtime", {}).get("threads", 0) or 0)
+    from hmrmamba.allocator import keep_freed_memory
+
+    runtime = params.get("runtime", {})
+    n = int(runtime.get("threads", 0) or 0)
     if n > 0:
         torch.set_num_threads(n)
+    if runtime.get("keep_freed_memory", True):
+        keep_freed_memory()
 
 
 #: stages whose result depends on the model variant / the 2D source under test (tagged in MLflow)
@@ -97,7 +103,7 @@ def execute(stage: str, fn: StageFn, *, root: Path | None = None, params: Mappin
     if params is not None:  # params.yaml is validated by load_params; flows pass theirs in
         validate_params(params, file=root / "params.yaml")
     params = params if params is not None else load_params(root / "params.yaml")
-    set_threads(params)
+    apply_runtime(params)
     layout = Layout(root)
     stage_tags = {**standard_tags(stage, params), **(tags or {})}
     t0 = time.perf_counter()

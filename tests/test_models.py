@@ -621,3 +621,20 @@ def test_fixed_upsampling_runs_in_csr_and_equals_the_coo_product():
         fresh = MeshUpsampler(mats, mode="fixed")
         fresh(x.detach())  # the CSR copy made under inference mode must still serve autograd afterwards
     fresh(x).sum().backward()
+
+
+def test_uniform_dropout_keeps_dropout_semantics():
+    from hmrmamba.models.dual_scan import UniformDropout
+
+    x = torch.rand(64, 32, 256) + 0.5  # no zeros of its own
+    drop = UniformDropout(0.3)
+    assert drop.eval()(x) is x
+    drop.train()
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.7)
+    assert abs(1.0 - kept.float().mean().item() - 0.3) < 0.01  # 524k draws: the std of the rate is 6e-4
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded: the same mask
+    assert torch.equal(UniformDropout(0.0).train()(x), x)

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from hmrmamba.errors import InputError
-from hmrmamba.models.dual_scan import DualScanMambaBlock, TemporalScanState
+from hmrmamba.models.dual_scan import DualScanMambaBlock, TemporalScanState, UniformDropout
 from hmrmamba.models.ga_attention import GeometryAwareAttention, MapProjection
 from hmrmamba.skeleton import get_joint_set, kinematic_scan as kinematic_scan_order
 
@@ -124,7 +124,7 @@ class PoseEncoder(nn.Module):
         self.use_conf = use_conf
         self.use_feats = use_feats
         self.feat_centre = feat_centre
-        self.feat_drop = nn.Dropout(feat_dropout) if use_feats and feat_dropout > 0 else None
+        self.feat_drop = UniformDropout(feat_dropout) if use_feats and feat_dropout > 0 else None
         self.feat_proj = nn.Linear(feat_dim, feat_proj) if use_feats and feat_proj else None
         #: channels of the prepared features (what ``feat_embed`` and the GA blocks read)
         self.feat_out = feat_proj if self.feat_proj is not None else feat_dim

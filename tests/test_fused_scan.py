@@ -326,6 +326,55 @@ def test_fused_path_raises_the_same_input_error_as_reference(scan, case, fused_o
     assert "\n" not in messages[0]
 
 
+#: a value that makes one input non-finite: NaN and +Inf anywhere, and -Inf where it can give finite outputs
+#: (A = -Inf decays the state to 0; delta + bias = -Inf gives dt = softplus(-Inf) = 0), which the kernel
+#: must catch by reading that input itself
+NONFINITE = [("u", float("nan"), (1, 3, 2)), ("u", float("inf"), (0, 0, 0)), ("delta", float("-inf"), (1, 2, 4)),
+             ("delta", float("nan"), (0, 5, 6)), ("A", float("-inf"), (2, 1)), ("A", float("nan"), (0, 0)),
+             ("B", float("inf"), (1, 0, 3)), ("C", float("-inf"), (0, 3, 6)), ("D", float("nan"), (4,)),
+             ("z", float("-inf"), (1, 1, 1)), ("delta_bias", float("-inf"), (3,)),
+             ("initial_state", float("inf"), (1, 2, 0))]
+
+
+@needs_fused
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dim", [6, 32], ids=["rows", "tiles"])
+@pytest.mark.parametrize("scan", [selective_scan, _channels_last_scan], ids=["first", "last"])
+@pytest.mark.parametrize(("name", "value", "index"), NONFINITE,
+                         ids=[f"{n}={v}" for n, v, _ in NONFINITE])
+def test_kernel_names_a_non_finite_input_as_the_reference_does(scan, dim, dtype, name, value, index, fused_on):
+    """The fused paths check values inside the kernel instead of a pass per input before it: each NaN/Inf
+    still gets the reference's one-line error naming the input, in the tile kernels (16 channels) and the
+    one-channel rows, in both layouts and precisions."""
+    inp = {k: v.detach().to(dtype) for k, v in make_inputs(d=dim, L=7, n=4, seed=3).items()}
+    inp[name] = _with(inp[name], index, value)
+    kw = {k: inp[k] for k in ("D", "z", "delta_bias", "initial_state")}
+    messages = []
+    for fn in (scan, selective_scan_ref):
+        with pytest.raises(InputError) as err:
+            fn(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw, delta_softplus=True)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and f"'{name}'" in messages[0]
+
+
+@needs_fused
+@pytest.mark.parametrize("scan", [selective_scan, _channels_last_scan], ids=["first", "last"])
+def test_finite_inputs_that_overflow_return_like_the_reference(scan, fused_on):
+    """Finite float32 inputs whose output overflows are not an input error: the kernel reports the Inf, the
+    inputs check clean, and the outputs come back as the reference's (Inf where it has Inf)."""
+    inp = {k: v.detach().float() for k, v in make_inputs(d=32, L=7, n=4, seed=4).items()}
+    inp["D"] = torch.full_like(inp["D"], 3e38)
+    inp["u"] = inp["u"].abs() * 10  # D * u overflows float32 everywhere
+    kw = {k: inp[k] for k in ("D", "z", "delta_bias")}
+    got = scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw, delta_softplus=True)
+    want = selective_scan_ref(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], **kw, delta_softplus=True)
+    assert torch.isinf(want).float().mean() > 0.5
+    # the same Inf pattern but where an output lies at the edge of the float32 range (rounding decides)
+    assert (torch.isinf(got) == torch.isinf(want)).float().mean() > 0.95
+    both = torch.isfinite(got) & torch.isfinite(want)
+    assert torch.allclose(got[both], want[both], rtol=1e-3)
+
+
 def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv(fused.SCAN_ENV, raising=False)
     monkeypatch.setenv("HMRMAMBA_CC", str(tmp_path / "no-such-cc"))

@@ -133,7 +133,7 @@ def scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     every other path scans the transposed views with :func:`scan_with_backend`. Shapes and values are
     checked as there, with the same errors (they name the channels-first shapes).
     """
-    from hmrmamba.ssm.fused import fused_available, fused_enabled, fused_scan_channels_last, fused_supports
+    from hmrmamba.ssm.fused import checked, fused_available, fused_enabled, fused_scan_channels_last, fused_supports
     from hmrmamba.ssm.scan import _compute_dtype
 
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
@@ -142,10 +142,16 @@ def scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
             raise InputError(f"has shape {shape}", field=name, expected="a (batch, seqlen, channels) tensor")
     if (resolve_backend(backend, u) == "torch" and fused_enabled()
             and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state) and fused_available()):
-        channels_first_call(lambda *a, z=None: validate_scan_inputs(*a, z, delta_bias, initial_state), u, delta, A, B,
-                            C, D, z, back=False)
-        out, last = fused_scan_channels_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                             _compute_dtype(u))
+        def validate(check_finite: bool) -> None:
+            channels_first_call(lambda *a, z=None: validate_scan_inputs(*a, z, delta_bias, initial_state,
+                                                                        check_finite=check_finite),
+                                u, delta, A, B, C, D, z, back=False)
+
+        validate(False)  # shapes now; values inside the kernel, named by validate(True) only if one is bad
+        out, last = checked(
+            lambda accept: fused_scan_channels_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                    initial_state, _compute_dtype(u), allow_nonfinite=accept),
+            lambda: validate(True))
         out = out.to(u.dtype)
         return (out, last) if return_last_state else out
     return channels_first_call(scan_with_backend, u, delta, A, B, C, D, z, last_state=return_last_state,

@@ -17,17 +17,20 @@ import ctypes
 import functools
 import logging
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
-__all__ = ["fused_available", "fused_enabled", "fused_scan", "fused_scan_channels_last", "fused_supports",
-           "load_library"]
+__all__ = ["NonFiniteScan", "checked", "fused_available", "fused_enabled", "fused_scan", "fused_scan_channels_last",
+           "fused_supports", "load_library"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: ``HMRMAMBA_SCAN`` values: ``auto`` (default: fused C scan on CPU when it builds) or ``torch``
 SCAN_ENV = "HMRMAMBA_SCAN"
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -93,6 +96,23 @@ def _c(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
+class NonFiniteScan(FloatingPointError):
+    """The kernel met NaN or Inf in an input or an output (its return code 2); :func:`checked` turns it into
+    the reference's named :class:`~hmrmamba.errors.InputError`."""
+
+
+def checked(run: Callable[[bool], T], validate: Callable[[], None]) -> T:
+    """``run(False)``, the fused scan with its in-kernel finite check; when the kernel reports NaN or Inf,
+    ``validate()`` (the reference's input check with values) raises the error that names the input, and
+    finite inputs whose outputs overflowed run again as ``run(True)``, which accepts them (as the
+    reference does). The kernel checks while it computes, so finite inputs cost no extra pass over them."""
+    try:
+        return run(False)
+    except NonFiniteScan:
+        validate()
+        return run(True)
+
+
 class _FusedScanFn(torch.autograd.Function):
     """(u, delta, A, B4, C4, D, z, delta_bias, h0) -> (out (B, D, L), last (B, D, N)).
 
@@ -102,7 +122,7 @@ class _FusedScanFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, h0, softplus, channels_last=False):
+    def forward(ctx, u, delta, A, B4, C4, D, z, delta_bias, h0, softplus, channels_last=False, allow_nonfinite=False):
         lib = load_library()[0]
         if channels_last:
             batch, seqlen, dim = u.shape
@@ -115,7 +135,9 @@ class _FusedScanFn(torch.autograd.Function):
         status = fn(u.data_ptr(), delta.data_ptr(), A.data_ptr(), B4.data_ptr(), C4.data_ptr(), _ptr(D), _ptr(z),
                     _ptr(delta_bias), _ptr(h0), out.data_ptr(), last.data_ptr(), batch, dim, seqlen, dstate,
                     B4.shape[1], C4.shape[1], int(softplus), int(channels_last), torch.get_num_threads())
-        if status != 0:
+        if status == 2 and not allow_nonfinite:
+            raise NonFiniteScan("NaN or Inf in the selective scan's inputs or outputs")
+        if status == 1:
             raise MemoryError("fused selective scan forward: cannot allocate its work space")
         ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, h0)
         ctx.softplus = softplus
@@ -144,7 +166,7 @@ class _FusedScanFn(torch.autograd.Function):
                     int(ctx.channels_last), torch.get_num_threads())
         if status != 0:
             raise MemoryError("fused selective scan backward: cannot allocate its work space")
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None, None
 
 
 def _compute(t: torch.Tensor | None, cdt: torch.dtype) -> torch.Tensor | None:
@@ -162,22 +184,24 @@ def _time_last(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
 def fused_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
                delta_softplus: bool, initial_state: torch.Tensor | None, cdt: torch.dtype,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated ``selective_scan`` inputs -> (out (B, D, L) in ``cdt``, last state (B, D, N) in ``cdt``).
+               allow_nonfinite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``selective_scan`` inputs of valid shapes -> (out (B, D, L) in ``cdt``, last state (B, D, N) in ``cdt``).
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L) or (B, G, N, L); D, delta_bias: (D,);
-    initial_state: (B, D, N). Differentiable in every tensor input.
+    initial_state: (B, D, N). Differentiable in every tensor input. Raises :class:`NonFiniteScan` when an
+    input or output holds NaN or Inf, unless ``allow_nonfinite`` (see :func:`checked`).
     """
 
     return _FusedScanFn.apply(*(_compute(t, cdt) for t in (u, delta, A)), _time_last(B, cdt), _time_last(C, cdt),
-                              *(_compute(t, cdt) for t in (D, z, delta_bias, initial_state)), bool(delta_softplus))
+                              *(_compute(t, cdt) for t in (D, z, delta_bias, initial_state)), bool(delta_softplus),
+                              False, bool(allow_nonfinite))
 
 
 def fused_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                              C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
                              delta_bias: torch.Tensor | None, delta_softplus: bool,
                              initial_state: torch.Tensor | None, cdt: torch.dtype,
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+                             allow_nonfinite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fused_scan` on channels-last tensors, with no transposes: u, delta, z: (B, L, D);
     B, C: (B, L, N) -> (out (B, L, D), last state (B, D, N)), both in ``cdt``.
 
@@ -187,4 +211,4 @@ def fused_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
 
     return _FusedScanFn.apply(*(_compute(t, cdt) for t in (u, delta, A)), _compute(B, cdt).unsqueeze(1),
                               _compute(C, cdt).unsqueeze(1), *(_compute(t, cdt) for t in (D, z, delta_bias, initial_state)),
-                              bool(delta_softplus), True)
+                              bool(delta_softplus), True, bool(allow_nonfinite))

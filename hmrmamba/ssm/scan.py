@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm.fused import fused_available, fused_enabled, fused_scan, fused_supports
+from hmrmamba.ssm.fused import checked, fused_available, fused_enabled, fused_scan, fused_supports
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_torch", "validate_scan_inputs"]
 
@@ -263,12 +263,16 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     CPU tensors run the fused C scan (:mod:`hmrmamba.ssm.fused`) when its library builds, unless
     ``HMRMAMBA_SCAN=torch``; everything else runs :func:`selective_scan_torch`. Both compute the same.
     """
-    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, check_finite=False)
     if (fused_enabled() and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state)
-            and fused_available()):
-        out, last = fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, _compute_dtype(u))
+            and fused_available()):  # the kernel checks the values while it computes
+        out, last = checked(
+            lambda accept: fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      _compute_dtype(u), allow_nonfinite=accept),
+            lambda: validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state))
         out = out.to(u.dtype)
         return (out, last) if return_last_state else out
+    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
 
 

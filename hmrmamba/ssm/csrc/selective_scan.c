@@ -121,8 +121,8 @@ int hm_scan_openmp(void) {
 #endif
 }
 
-/* ABI version, checked by the loader. */
-int hm_scan_abi(void) { return 2; }
+/* ABI version, checked by the loader. 3: the forward returns 2 when an input or output is not finite. */
+int hm_scan_abi(void) { return 3; }
 
 /* Offset of element (b, d, t = 0) of a (batch, dim, L) or, with channels_last, (batch, L, dim) tensor;
  * consecutive t are HM_TS apart (uses the caller's channels_last, L and dim). */
@@ -156,6 +156,19 @@ int hm_scan_max_dstate(void) { return HM_MAXN; }
 typedef HM_REAL HM_CAT(real, HM_SUF);
 #define real HM_CAT(real, HM_SUF)
 
+
+/* 1 when some x[i * st] (i < n) is NaN or infinite, else 0: x - x is 0 for a finite x and NaN otherwise
+ * (exact without -ffinite-math-only, which the build never sets). */
+HM_INLINE int HM_FN(nonfinite)(const real *x, int64_t n, int64_t st) {
+    real acc = 0;
+    if (st == 1) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < n; i++) acc += x[i] - x[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) acc += x[i * st] - x[i * st];
+    }
+    return !(acc == 0);
+}
 
 /* One row forward. u, dl, z, out: (L,) with stride st; Arow: (N,); Bp, Cp: (L, N); h0, last: (N,) or NULL.
  * Hs, Es: (L, N) or NULL: when given, the states h_t and decays e_t are stored (backward pass),
@@ -480,8 +493,11 @@ static int HM_FN(tile_ok)(int64_t d0, int64_t dim, int64_t dg, int64_t dgc) {
     return d1 < dim && d0 / dg == d1 / dg && d0 / dgc == d1 / dgc;
 }
 
-/* Forward. Returns 0, or 1 when a work buffer could not be allocated. See the top of the file for
- * shapes; h0, D, z, delta_bias and last may be NULL. */
+/* Forward. Returns 0; 1 when a work buffer could not be allocated; 2 when an input or output holds NaN or
+ * Inf (the outputs are written all the same). A non-finite u, z, B, C, D or h0 always reaches out or last;
+ * delta + delta_bias and A are checked themselves, since -Inf there can give finite outputs. The caller
+ * names the input (hmrmamba.ssm.scan.validate_scan_inputs). See the top of the file for shapes; h0, D, z,
+ * delta_bias and last may be NULL. */
 int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const real *B, const real *C,
                        const real *D, const real *z, const real *delta_bias, const real *h0,
                        real *out, real *last, int64_t batch, int64_t dim, int64_t L, int64_t N,
@@ -489,9 +505,11 @@ int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const re
     const int64_t dg = dim / G, dgc = dim / Gc, st = HM_TS;
     const int64_t per_b = (dim + HM_W - 1) / HM_W, units = batch * per_b;
     int failed = 0;
+    int nonfinite = HM_FN(nonfinite)(A, dim * N, 1) || (delta_bias && HM_FN(nonfinite)(delta_bias, dim, 1));
     (void)nthreads;
 #pragma omp parallel num_threads(nthreads > 0 ? nthreads : 1)
     {
+        int bad = 0;
         real *work = (real *)malloc(sizeof(real) * (size_t)(4 * L * HM_W + 2 * N * HM_W));
         if (!work) {
 #pragma omp atomic write
@@ -507,11 +525,13 @@ int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const re
                 real *AT = Z + L * HM_W, *h = AT + N * HM_W, *Y = XR; /* XR is free after tile_inputs */
                 const int64_t o0 = HM_OFF(b, d0);
                 HM_FN(tile_inputs)(u, delta, A, z, delta_bias, softplus, o0, st, d0, L, N, U, XR, X, Z, AT);
+                bad |= HM_FN(nonfinite)(XR, L * HM_W, 1);
                 for (int64_t n = 0; n < N; n++)
                     for (int64_t j = 0; j < HM_W; j++) h[n * HM_W + j] = h0 ? h0[(r0 + j) * N + n] : (real)0;
                 const real *Bp = B + ((b * G + d0 / dg) * L) * N, *Cp = C + ((b * Gc + d0 / dgc) * L) * N;
                 HM_DISPATCH_N(HM_FN(fwd_tile)(U, X, AT, Bp, Cp, D ? D + d0 : NULL, z ? Z : NULL, h, Y, NULL,
                                               NULL, NULL, 0, L, NN))
+                bad |= HM_FN(nonfinite)(Y, L * HM_W, 1) | HM_FN(nonfinite)(h, N * HM_W, 1);
                 HM_FN(scatter)(out + o0, Y, L, st);
                 if (last)
                     for (int64_t n = 0; n < N; n++)
@@ -525,12 +545,18 @@ int HM_FN(hm_scan_fwd)(const real *u, const real *delta, const real *A, const re
                                                  z ? z + o : NULL, delta_bias ? delta_bias + d : NULL,
                                                  softplus, h0 ? h0 + r * N : NULL, out + o,
                                                  last ? last + r * N : NULL, L, NN, NULL, NULL, NULL, NULL, st))
+                    bad |= HM_FN(nonfinite)(delta + o, L, st) | HM_FN(nonfinite)(out + o, L, st)
+                           | (last ? HM_FN(nonfinite)(last + r * N, N, 1) : 0);
                 }
             }
         }
         free(work);
+        if (bad) {
+#pragma omp atomic write
+            nonfinite = 1;
+        }
     }
-    return failed;
+    return failed ? 1 : (nonfinite ? 2 : 0);
 }
 
 /* Backward. gout (batch, dim, L) (or (batch, L, dim), like u) and glast (batch, dim, N) may be NULL (zero). Writes du, ddelta

@@ -283,7 +283,7 @@ _COUNT = _int(1, 65536)
 def _train_rules(stage: str) -> dict[str, Rule]:
     return {f"{stage}.{k}": r for k, r in {
         "epochs": _int(1, 1_000_000), "batch_size": _COUNT, "lr": _num(0, 10, lo_open=True),
-        "weight_decay": _num(0, 10), "lr_decay": _num(0, 1, lo_open=True), "window": _int(1, 8192),
+        "weight_decay": _num(0, 10), "lr_decay": _num(0, 1, lo_open=True), "ema": _num(0, 0.99999), "window": _int(1, 8192),
         "stride": _int(1, 8192), "grad_clip": _num(0, 1e6, optional=True), "amp": _BOOL, "compile": _BOOL,
         "resume": _BOOL, "log_checkpoint": _BOOL, "seed": _SEED, "checkpoint_dir": Rule("outpath"),
         "loss": Rule("map", item=_num(0, 1e6)),

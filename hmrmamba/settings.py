@@ -233,6 +233,7 @@ class TrainSettings:
     lr: float = 4.0e-3
     weight_decay: float = 0.01
     lr_decay: float = 0.99
+    ema: float = 0.0  # decay of the weights' moving average used for validation and best.pt; 0: off
     window: int = 16
     stride: int = 4
     grad_clip: float | None = None

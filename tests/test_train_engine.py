@@ -156,6 +156,60 @@ def test_a_per_step_schedule_steps_with_the_optimiser_and_resumes_exactly(tmp_pa
         st.run(ckpt_dir=tmp_path / "d", epochs=1, scheduler_interval="batch")
 
 
+def test_weight_average_follows_the_recurrence_with_a_warmed_up_decay():
+    from hmrmamba.train.ema import WeightAverage
+
+    model = nn.Linear(3, 2)
+    avg = WeightAverage(model, 0.9)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    expected = dict(start)
+    for t in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0 + t)
+        d = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25, ... then capped at 0.9
+        assert avg.current_decay() == pytest.approx(d)
+        avg.update(model)
+        expected = {k: d * expected[k] + (1 - d) * v.detach() for k, v in model.named_parameters()}
+    for k, v in avg.module.named_parameters():
+        assert torch.allclose(v, expected[k], atol=1e-6) and not v.requires_grad
+    with pytest.raises(InputError, match="ema"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_validates_and_keeps_best_on_the_average_and_resumes_exactly(tmp_path):
+    """best.pt holds the averaged weights (validated), last.pt the training weights and the average; a run
+    resumed after epoch 2 ends on the uninterrupted run's weights and average, bit for bit."""
+    from hmrmamba.train.ema import WeightAverage
+
+    straight = st.run(ckpt_dir=tmp_path / "a", epochs=3, noisy=True, ema_decay=0.9)
+    last = load_checkpoint(straight.last_checkpoint)
+    ema = last["extra"]["ema"]
+    assert ema["updates"] == 24 and ema["decay"] == 0.9  # 64 samples / batch 8 = 8 updates an epoch
+    assert not all(torch.equal(ema["params"][k], last["model"][k]) for k in ema["params"])
+    best = load_checkpoint(straight.best_checkpoint)
+    if straight.best_epoch == 3:
+        assert all(torch.equal(best["model"][k], ema["params"][k]) for k in ema["params"])
+    # the monitor is the average's: re-validating best.pt's weights gives the logged best metric
+    model = st.toy_model()
+    model.load_state_dict(best["model"])
+    with torch.no_grad():
+        again = st.mse_val(st.toy_dataset(64, seed=1234))(model.eval())["mse"]
+    assert again == pytest.approx(straight.best_metric, rel=1e-6)
+    plain = st.run(ckpt_dir=tmp_path / "p", epochs=3, noisy=True)
+    assert all(torch.equal(a, b) for a, b in zip(weights(plain.last_checkpoint).values(), last["model"].values()))
+    assert plain.history[-1]["val_mse"] != straight.history[-1]["val_mse"]
+
+    st.run(ckpt_dir=tmp_path / "b", epochs=2, noisy=True, ema_decay=0.9)
+    resumed = st.run(ckpt_dir=tmp_path / "b", epochs=3, noisy=True, ema_decay=0.9)
+    other = load_checkpoint(resumed.last_checkpoint)
+    assert resumed.resumed and other["extra"]["ema"]["updates"] == 24
+    assert all(torch.equal(other["extra"]["ema"]["params"][k], v) for k, v in ema["params"].items())
+    assert all(torch.equal(other["model"][k], v) for k, v in last["model"].items())
+    with pytest.raises(InputError, match="extra.ema.params"):
+        WeightAverage(nn.Linear(4, 3), 0.9).load_state_dict(ema, nn.Linear(4, 3), source="x.pt")
+
+
 def test_stop_check_stops_after_the_epoch_and_the_run_can_resume(tmp_path):
     res = st.run(ckpt_dir=tmp_path, epochs=4, stop_check=lambda m, e: e == 2)
     assert res.stopped_early and [r["epoch"] for r in res.history] == [1, 2]

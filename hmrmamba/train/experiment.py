@@ -202,7 +202,8 @@ def train_stage(stage: str, params: Mapping[str, Any], layout: Layout, *, object
                       grad_clip=grad_clip,
                       amp=s.amp, compile=s.compile,
                       config=config,
-                      find_unused_parameters=not lift_only)
+                      find_unused_parameters=not lift_only,
+                      ema_decay=s.ema or None)
     result = trainer.fit(resume=s.resume)
     last = result.history[-1]
     write_curves(layout, stage, result.history, title=f"{stage}: {exp['variant']}, {exp['detector']} 2D")

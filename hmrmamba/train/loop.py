@@ -36,6 +36,7 @@ from hmrmamba.train.distributed import (
     teardown_distributed,
     wrap_model,
 )
+from hmrmamba.train.ema import WeightAverage
 from hmrmamba.train.seed import (
     capture_rng_states,
     restore_rng_states,
@@ -132,6 +133,11 @@ class Trainer:
     epoch). Metrics are averaged over ranks. ``config`` (plain dict, e.g. ``{"model": ..., "train": ...}``)
     is stored in every checkpoint so that the model can be rebuilt from it.
 
+    ``ema_decay`` (0 < d < 1) keeps an exponential moving average of the weights
+(:class:`~hmrmamba.train.ema.WeightAverage`, updated after every optimiser step): validation, the
+monitor and ``best.pt`` use the averaged weights; ``last.pt`` holds the training weights and the
+average (``extra.ema``), so a resumed run continues both exactly.
+
     AMP (fp16 autocast + GradScaler) and ``torch.compile`` apply on CUDA only; on CPU they are
     ignored with a log message. Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined,
     the model wrapped in DDP and only rank 0 writes files; build loaders with ``make_loader``.
@@ -145,7 +151,7 @@ class Trainer:
                  progress: bool = True, stop_check: StopCheck | None = None,
                  config: Mapping[str, Any] | None = None, deterministic: bool | None = None,
                  find_unused_parameters: bool = False, device: str | torch.device | None = None,
-                 scheduler_interval: str = "epoch"):
+                 scheduler_interval: str = "epoch", ema_decay: float | None = None):
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise InputError(f"epochs={epochs!r}", field="epochs", expected="an integer >= 1")
         if mode not in ("min", "max"):
@@ -153,6 +159,8 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise InputError(f"scheduler_interval={scheduler_interval!r}", field="scheduler_interval",
                              expected="'epoch' or 'step'")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise InputError(f"ema_decay={ema_decay!r}", field="ema_decay", expected="0 < decay < 1, or None (off)")
         if grad_clip is not None and not grad_clip > 0:
             raise InputError(f"grad_clip={grad_clip!r}", field="grad_clip", expected="a positive number or None")
         self.model = model
@@ -177,6 +185,7 @@ class Trainer:
         self.find_unused_parameters = find_unused_parameters
         self.device = device
         self.scheduler_interval = scheduler_interval
+        self.ema_decay = ema_decay
 
     # ------------------------------------------------------------------ paths
     @property
@@ -230,6 +239,7 @@ class Trainer:
         barrier(ctx)
 
         start, step, best, best_epoch, history, resumed = 1, 0, None, None, [], False
+        ema = None
         if resume and self.last_path.is_file():
             ckpt = load_checkpoint(self.last_path, map_location="cpu")
             extra = ckpt.get("extra") or {}
@@ -239,6 +249,12 @@ class Trainer:
                                  file=self.last_path, field="extra.monitor",
                                  expected="the same monitor and mode (or resume=False / a fresh ckpt_dir)")
             load_model_state(module, ckpt["model"], source=self.last_path)
+            if self.ema_decay is not None:
+                ema = WeightAverage(module, self.ema_decay)
+                if extra.get("ema"):
+                    ema.load_state_dict(extra["ema"], module, source=str(self.last_path))
+                else:
+                    log.warning("%s holds no weight average: it starts from the resumed weights", self.last_path)
             if ckpt.get("optimizer") is not None:
                 load_training_state(self.optimizer, ckpt["optimizer"], source=self.last_path, field="optimizer")
             if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -270,6 +286,8 @@ class Trainer:
             if ctx.is_main and self.last_path.is_file():
                 log.warning("resume=False: %s will be overwritten at the end of epoch 1", self.last_path)
             seed_everything(self.seed)
+        if self.ema_decay is not None and ema is None:
+            ema = WeightAverage(module, self.ema_decay)
 
         train_model = wrap_model(module, ctx, find_unused_parameters=self.find_unused_parameters)
         if self.compile and on_cuda:
@@ -280,8 +298,8 @@ class Trainer:
             t0 = time.perf_counter()
             seed_loader_epoch(self.train_loader, self.seed, epoch)
             lr = float(self.optimizer.param_groups[0]["lr"])
-            train_metrics, step = self._train_epoch(train_model, module, ctx, scaler, amp_on, epoch, step)
-            val_metrics = self._validate(module)
+            train_metrics, step = self._train_epoch(train_model, module, ctx, scaler, amp_on, epoch, step, ema)
+            val_metrics = self._validate(module if ema is None else ema.module)
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             local = {**train_metrics, **val_metrics, "lr": lr, "epoch_seconds": time.perf_counter() - t0}
@@ -304,9 +322,10 @@ class Trainer:
                           "config": self.config,
                           "extra": {"history": history, "best_epoch": best_epoch, "monitor": self.monitor,
                                     "mode": self.mode, "epochs": self.epochs, "world_size": ctx.world_size,
-                                    "grad_scaler": scaler.state_dict() if amp_on else {}}}
+                                    "grad_scaler": scaler.state_dict() if amp_on else {},
+                                    "ema": ema.state_dict() if ema is not None else None}}
                 if improved:           # best first: a kill between the two writes re-runs this epoch
-                    save_checkpoint(self.best_path, **kwargs)
+                    save_checkpoint(self.best_path, **{**kwargs, "model": module if ema is None else ema.module})
                 save_checkpoint(self.last_path, **kwargs)
                 _write_history(self.history_path, history)
                 self._log_epoch(row, improved)
@@ -327,7 +346,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch parts
     def _train_epoch(self, train_model: nn.Module, module: nn.Module, ctx: DistContext,
-                     scaler: torch.amp.GradScaler, amp_on: bool, epoch: int, step: int) -> tuple[dict, int]:
+                     scaler: torch.amp.GradScaler, amp_on: bool, epoch: int, step: int,
+                     ema: WeightAverage | None = None) -> tuple[dict, int]:
         train_model.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
@@ -352,6 +372,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
                 scaler.step(self.optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update(module)
                 if self.scheduler is not None and self.scheduler_interval == "step":
                     self.scheduler.step()
                 step += 1

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from hmrmamba.errors import InputError, MissingFileError
 from hmrmamba.layout import Layout

@@ -45,10 +45,14 @@ class WeightAverage:
             raise InputError(f"{len(theirs)} parameters for an average of {len(mine)}", field="module",
                              expected="the module the average was made from")
         torch._foreach_lerp_(mine, theirs, weight)
+        self._copy_buffers(module)
+        self.updates += 1
+
+    def _copy_buffers(self, module: nn.Module) -> None:
+        """The buffers are ``module``'s, not averaged (sparse ones are fixed matrices and stay as copied)."""
         for mb, b in zip(self.module.buffers(), module.buffers(), strict=True):
             if not mb.is_sparse:
                 mb.copy_(b)
-        self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers for a checkpoint: the decay, the update count and the averaged parameters (the
@@ -66,7 +70,5 @@ class WeightAverage:
                              expected=f"the {len(params)} parameters of the model being trained")
         for k, p in params.items():
             p.copy_(saved[k])
-        for mb, b in zip(self.module.buffers(), module.buffers(), strict=True):
-            if not mb.is_sparse:
-                mb.copy_(b)
+        self._copy_buffers(module)
         self.updates = int(state["updates"])

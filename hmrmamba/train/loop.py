@@ -134,9 +134,9 @@ class Trainer:
     is stored in every checkpoint so that the model can be rebuilt from it.
 
     ``ema_decay`` (0 < d < 1) keeps an exponential moving average of the weights
-(:class:`~hmrmamba.train.ema.WeightAverage`, updated after every optimiser step): validation, the
-monitor and ``best.pt`` use the averaged weights; ``last.pt`` holds the training weights and the
-average (``extra.ema``), so a resumed run continues both exactly.
+    (:class:`~hmrmamba.train.ema.WeightAverage`, updated after every optimiser step): validation, the
+    monitor and ``best.pt`` use the averaged weights; ``last.pt`` holds the training weights and the
+    average (``extra.ema``), so a resumed run continues both exactly.
 
     AMP (fp16 autocast + GradScaler) and ``torch.compile`` apply on CUDA only; on CPU they are
     ignored with a log message. Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined,
@@ -239,7 +239,7 @@ average (``extra.ema``), so a resumed run continues both exactly.
         barrier(ctx)
 
         start, step, best, best_epoch, history, resumed = 1, 0, None, None, [], False
-        ema = None
+        ema_state = None
         if resume and self.last_path.is_file():
             ckpt = load_checkpoint(self.last_path, map_location="cpu")
             extra = ckpt.get("extra") or {}
@@ -249,12 +249,7 @@ average (``extra.ema``), so a resumed run continues both exactly.
                                  file=self.last_path, field="extra.monitor",
                                  expected="the same monitor and mode (or resume=False / a fresh ckpt_dir)")
             load_model_state(module, ckpt["model"], source=self.last_path)
-            if self.ema_decay is not None:
-                ema = WeightAverage(module, self.ema_decay)
-                if extra.get("ema"):
-                    ema.load_state_dict(extra["ema"], module, source=str(self.last_path))
-                else:
-                    log.warning("%s holds no weight average: it starts from the resumed weights", self.last_path)
+            ema_state = extra.get("ema")
             if ckpt.get("optimizer") is not None:
                 load_training_state(self.optimizer, ckpt["optimizer"], source=self.last_path, field="optimizer")
             if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -286,8 +281,11 @@ average (``extra.ema``), so a resumed run continues both exactly.
             if ctx.is_main and self.last_path.is_file():
                 log.warning("resume=False: %s will be overwritten at the end of epoch 1", self.last_path)
             seed_everything(self.seed)
-        if self.ema_decay is not None and ema is None:
-            ema = WeightAverage(module, self.ema_decay)
+        ema = None if self.ema_decay is None else WeightAverage(module, self.ema_decay)
+        if ema is not None and ema_state:
+            ema.load_state_dict(ema_state, module, source=str(self.last_path))
+        elif ema is not None and resumed:
+            log.warning("%s holds no weight average: it starts from the resumed weights", self.last_path)
 
         train_model = wrap_model(module, ctx, find_unused_parameters=self.find_unused_parameters)
         if self.compile and on_cuda:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from hmrmamba.errors import InputError
-from hmrmamba.ssm.scan import selective_scan, validate_scan_inputs
+from hmrmamba.ssm.scan import check_scan_values, selective_scan, validate_scan_inputs
 
 __all__ = [
     "BACKENDS",
@@ -142,16 +142,14 @@ def scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
             raise InputError(f"has shape {shape}", field=name, expected="a (batch, seqlen, channels) tensor")
     if (resolve_backend(backend, u) == "torch" and fused_enabled()
             and fused_supports(u, A, delta, B, C, D, z, delta_bias, initial_state) and fused_available()):
-        def validate(check_finite: bool) -> None:
-            channels_first_call(lambda *a, z=None: validate_scan_inputs(*a, z, delta_bias, initial_state,
-                                                                        check_finite=check_finite),
-                                u, delta, A, B, C, D, z, back=False)
-
-        validate(False)  # shapes now; values inside the kernel, named by validate(True) only if one is bad
+        # shapes now; values inside the kernel, named by check_scan_values only if one is bad
+        channels_first_call(lambda *a, z=None: validate_scan_inputs(*a, z, delta_bias, initial_state,
+                                                                    check_finite=False),
+                            u, delta, A, B, C, D, z, back=False)
         out, last = checked(
             lambda accept: fused_scan_channels_last(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                     initial_state, _compute_dtype(u), allow_nonfinite=accept),
-            lambda: validate(True))
+            lambda: check_scan_values(u, delta, A, B, C, D, z, delta_bias, initial_state))
         out = out.to(u.dtype)
         return (out, last) if return_last_state else out
     return channels_first_call(scan_with_backend, u, delta, A, B, C, D, z, last_state=return_last_state,

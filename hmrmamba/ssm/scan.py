@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 from hmrmamba.errors import InputError
 from hmrmamba.ssm.fused import checked, fused_available, fused_enabled, fused_scan, fused_supports
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_torch", "validate_scan_inputs"]
+__all__ = ["check_scan_values", "selective_scan", "selective_scan_ref", "selective_scan_torch", "validate_scan_inputs"]
 
 
 def _shape(t: torch.Tensor | None) -> str:
@@ -90,12 +90,23 @@ def validate_scan_inputs(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     if initial_state is not None and initial_state.shape != (batch, dim, dstate):
         raise InputError(f"has shape {_shape(initial_state)}", field="initial_state",
                          expected=f"(batch, dim, dstate) = {(batch, dim, dstate)}")
-    if check_finite and not torch.compiler.is_exporting():  # value checks cannot be traced by torch.export
-        extra = {"D": D, "z": z, "delta_bias": delta_bias, "initial_state": initial_state}
-        for name, t in {**tensors, **extra}.items():
-            # a sum is finite unless an element is NaN/Inf (or it overflows): one cheap pass first
-            if t is not None and t.numel() and not (bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())):
-                raise InputError("contains NaN or Inf", field=name, expected="finite values")
+    if check_finite:
+        check_scan_values(u, delta, A, B, C, D, z, delta_bias, initial_state)
+
+
+def check_scan_values(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                      delta_bias: torch.Tensor | None = None, initial_state: torch.Tensor | None = None) -> None:
+    """Raise ``InputError`` naming the first input (in argument order) that holds NaN or Inf. Values only:
+    any layout (channels first or last) of inputs whose shapes :func:`validate_scan_inputs` accepted."""
+    if torch.compiler.is_exporting():  # value checks cannot be traced by torch.export
+        return
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
+             "initial_state": initial_state}
+    for name, t in named.items():
+        # a sum is finite unless an element is NaN/Inf (or it overflows): one cheap pass first
+        if t is not None and t.numel() and not (bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())):
+            raise InputError("contains NaN or Inf", field=name, expected="finite values")
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -269,10 +280,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         out, last = checked(
             lambda accept: fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                       _compute_dtype(u), allow_nonfinite=accept),
-            lambda: validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state))
+            lambda: check_scan_values(u, delta, A, B, C, D, z, delta_bias, initial_state))
         out = out.to(u.dtype)
         return (out, last) if return_last_state else out
-    validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_scan_values(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
 
 
